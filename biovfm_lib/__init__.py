@@ -1,0 +1,1 @@
+"""BioVFM workbook library."""

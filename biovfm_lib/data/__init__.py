@@ -1,0 +1,1 @@
+"""Datasets: MedMNIST (real and synthetic) for probing, and their transforms."""

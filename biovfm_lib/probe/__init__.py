@@ -1,0 +1,1 @@
+"""Linear probing: feature extraction and cache, linear heads, metrics."""

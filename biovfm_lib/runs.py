@@ -1,0 +1,305 @@
+"""Run records: where a run writes, what it records, and how results are collected.
+
+Every notebook run owns ``outputs/runs/<notebook>/<run_id>/`` and never writes outside it.
+Run folders are created exclusively and files are written atomically (temp file + rename) and
+never overwritten, so parallel runs are safe and a crash cannot leave a half-written table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from biovfm_lib.params import NotebookParams, load_yaml, params_for
+
+KERNEL_NAME = "biovfm"
+RECORD = "run.json"
+TRACKED_PACKAGES = (
+    "torch", "torchvision", "timm", "medmnist", "numpy", "pandas", "scikit-learn", "scipy",
+    "statsmodels", "papermill", "safetensors", "biovfm-workbook",
+)
+
+
+# ----------------------------------------------------------------------------- locations
+def project_root() -> Path:
+    """The workbook checkout: ``$BIOVFM_ROOT``, else the checkout this package lives in."""
+    if env := os.environ.get("BIOVFM_ROOT"):
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+def outputs_root() -> Path:
+    """Where runs, caches and reports go: ``$BIOVFM_OUTPUTS``, else ``<root>/outputs``."""
+    if env := os.environ.get("BIOVFM_OUTPUTS"):
+        return Path(env).resolve()
+    return project_root() / "outputs"
+
+
+def resolve(path: str | Path) -> Path:
+    """Resolve a parameter path: absolute as given, relative to the project root otherwise."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def notebook_path(notebook: str | Path) -> Path:
+    """Accept ``03_probe``, ``03_probe.ipynb`` or a path; return the notebook file."""
+    p = Path(notebook)
+    candidates = [p, resolve(p), project_root() / "notebooks" / p.with_suffix(".ipynb").name]
+    for c in candidates:
+        if c.suffix == ".ipynb" and c.is_file():
+            return c.resolve()
+    known = sorted(x.stem for x in (project_root() / "notebooks").glob("*.ipynb"))
+    raise FileNotFoundError(f"notebook {str(notebook)!r} not found; known notebooks: {known}")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` all-or-nothing; refuse to replace an existing file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {path}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile: no silent clobbering
+            os.unlink(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any, overwrite: bool = False) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_bytes(path, text.encode(), overwrite=overwrite)
+
+
+def write_table(df: pd.DataFrame, path: Path) -> Path:
+    """Write a result table as parquet, atomically, never over an existing one."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        return atomic_write_bytes(path, Path(tmp).read_bytes())
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- provenance
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout (``None`` values outside a git checkout)."""
+    root = root or project_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                 timeout=20, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "host": socket.gethostname()}
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        if info["cuda"]:
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        info["cuda"] = False
+    return info
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- run folders
+def new_run_id(params: Mapping[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{dt.datetime.now():%Y%m%d-%H%M%S}-{digest[:6]}"
+
+
+def create_run_dir(notebook: str, params: Mapping[str, Any]) -> Path:
+    """Create a fresh, exclusive run folder (a suffix is added on an id clash)."""
+    base = outputs_root() / "runs" / notebook
+    base.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id(params)
+    for n in range(1000):
+        path = base / (run_id if n == 0 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not allocate a run folder under {base}")
+
+
+def start_record(run_dir: Path, notebook: str, params: Mapping[str, Any], launcher: str) -> dict:
+    record = {
+        "run_id": run_dir.name, "notebook": notebook, "status": "running",
+        "launcher": launcher, "parameters": dict(params), "git": git_state(),
+        "packages": package_versions(), "device": device_info(),
+        "python": sys.version.split()[0], "started": now(), "ended": None,
+    }
+    atomic_write_json(run_dir / RECORD, record)
+    return record
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / RECORD).read_text())
+
+
+def update_record(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into ``run.json`` (the only file a run rewrites, always atomically)."""
+    record = {**read_record(run_dir), **fields}
+    atomic_write_json(Path(run_dir) / RECORD, record, overwrite=True)
+    return record
+
+
+def open_run(notebook: str, params: NotebookParams, run_dir: str = "") -> Path:
+    """The run folder a notebook writes into.
+
+    Under ``biovfm run`` the runner has made it and passes ``run_dir``; a notebook run by hand
+    (JupyterLab, or plain papermill) gets a fresh folder and a record of its own.
+    """
+    if run_dir:
+        path = Path(run_dir)
+        if not (path / RECORD).is_file():
+            raise FileNotFoundError(f"run_dir {path} has no {RECORD}; leave run_dir empty")
+        return path
+    path = create_run_dir(notebook, params.as_dict())
+    start_record(path, notebook, params.as_dict(), launcher="interactive")
+    return path
+
+
+# ----------------------------------------------------------------------------- execution
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: str
+    notebook: Path
+    html: Path | None
+    error: str | None = None
+
+
+def execute(notebook: str | Path, params_file: str | Path | None = None,
+            overrides: Mapping[str, Any] | None = None, kernel_name: str = KERNEL_NAME,
+            progress: bool = False) -> RunResult:
+    """Run a notebook headless with papermill into a new run folder and record the outcome.
+
+    Parameters are validated before a kernel starts, so a bad file loses no compute. A failing
+    notebook keeps its partial output, is rendered to HTML too, and is marked ``failed``.
+    """
+    import papermill as pm
+
+    src = notebook_path(notebook)
+    name = src.stem
+    values = {**(load_yaml(params_file) if params_file else {}), **(overrides or {})}
+    params = params_for(name).validate_mapping(values).as_dict()
+
+    ensure_kernel(kernel_name)
+    run_dir = create_run_dir(name, params)
+    start_record(run_dir, name, params, launcher="biovfm run")
+    if params_file:
+        atomic_write_bytes(run_dir / "params.yaml", Path(params_file).read_bytes())
+    out_nb = run_dir / src.name
+    error = None
+    try:
+        pm.execute_notebook(
+            str(src), str(out_nb), parameters={**params, "run_dir": str(run_dir)},
+            cwd=str(project_root()), kernel_name=kernel_name, progress_bar=progress,
+            request_save_on_cell_execute=True,
+        )
+    except Exception as exc:  # the notebook's own error is already in out_nb
+        error = f"{type(exc).__name__}: {exc}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    html = render_html(out_nb) if out_nb.is_file() else None
+    status = "failed" if error else "completed"
+    update_record(run_dir, status=status, ended=now(), error=error)
+    return RunResult(run_dir, status, out_nb, html, error)
+
+
+def render_html(notebook_file: Path) -> Path:
+    """Render an executed notebook to a standalone HTML report beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook_file, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    return atomic_write_bytes(notebook_file.with_suffix(".html"), body.encode(), overwrite=True)
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> None:
+    """Register this environment's Python as the notebooks' kernel if it is not yet known."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name not in KernelSpecManager().find_kernel_specs():
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=name, display_name="BioVFM (.venv)", prefix=sys.prefix)
+
+
+# ----------------------------------------------------------------------------- collection
+def collect_results(kind: str = "results", status: str | None = "completed",
+                    outputs: Path | None = None) -> pd.DataFrame:
+    """All runs' ``<kind>.parquet`` tables as one tidy frame, with run id, notebook and status.
+
+    ``status=None`` keeps every run; by default only completed runs count.
+    """
+    root = (outputs or outputs_root()) / "runs"
+    frames = []
+    for table in sorted(root.glob(f"*/*/{kind}.parquet")):
+        run_dir = table.parent
+        record = read_record(run_dir) if (run_dir / RECORD).is_file() else {}
+        run_status = record.get("status", "unknown")
+        if status is not None and run_status != status:
+            continue
+        df = pd.read_parquet(table)
+        df.insert(0, "run_id", run_dir.name)
+        df.insert(1, "notebook", run_dir.parent.name)
+        df.insert(2, "status", run_status)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "notebook", "status"])
+    return pd.concat(frames, ignore_index=True)
