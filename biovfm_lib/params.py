@@ -7,8 +7,9 @@ unknown keys, wrong types and out-of-range values with one error that names each
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,7 +34,7 @@ class NotebookParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     @classmethod
-    def validate_mapping(cls, values: Mapping[str, Any]) -> "NotebookParams":
+    def validate_mapping(cls, values: Mapping[str, Any]) -> NotebookParams:
         """Validate ``values``; raise :class:`ParamError` naming each bad key."""
         try:
             return cls.model_validate(dict(values))
@@ -41,7 +42,7 @@ class NotebookParams(BaseModel):
             raise ParamError(_describe(cls, err)) from None
 
     @classmethod
-    def from_namespace(cls, namespace: Mapping[str, Any]) -> "NotebookParams":
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> NotebookParams:
         """Validate the globals of a notebook kernel after papermill's injected cell.
 
         Every public literal-valued global at that point is a parameter: those of the
@@ -56,7 +57,7 @@ class NotebookParams(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None
-                  ) -> "NotebookParams":
+                  ) -> NotebookParams:
         """Validate a papermill parameter file (plus overrides) before any kernel starts."""
         return cls.validate_mapping({**load_yaml(path), **(overrides or {})})
 

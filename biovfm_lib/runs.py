@@ -16,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -251,7 +252,7 @@ def execute(notebook: str | Path, params_file: str | Path | None = None,
             cwd=str(project_root()), kernel_name=kernel_name, progress_bar=progress,
             request_save_on_cell_execute=True,
         )
-    except Exception as exc:  # the notebook's own error is already in out_nb
+    except Exception as exc:  # noqa: BLE001 - any failure (cell error, dead kernel) fails the run
         error = f"{type(exc).__name__}: {exc}"
         (run_dir / "error.txt").write_text(traceback.format_exc())
     html = render_html(out_nb) if out_nb.is_file() else None

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from biovfm_lib.params import MEDMNIST_2D_TASKS, ParamError, ProbeParams, load_yaml, params_for
 
@@ -64,7 +65,7 @@ def test_namespace_validation_catches_injected_typos():
 
 def test_validated_params_are_frozen():
     p = ProbeParams()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         p.epochs = 3
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import timm
-import torch.nn as nn
+from torch import nn
 
 
 @dataclass(frozen=True)

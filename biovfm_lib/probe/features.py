@@ -88,11 +88,11 @@ class FeatureCache:
         path = self.path(key)
         return np.load(path) if path.is_file() else None
 
-    def put(self, key: str, features: np.ndarray, **meta: Any) -> Path:
+    def put(self, key: str, array: np.ndarray, **meta: Any) -> Path:
         import io
 
         buf = io.BytesIO()
-        np.save(buf, features)
+        np.save(buf, array)
         path = self.path(key)
         atomic_write_bytes(path, buf.getvalue(), overwrite=True)
         atomic_write_json(path.with_suffix(".json"), meta, overwrite=True)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm.auto import tqdm
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]

@@ -1,0 +1,124 @@
+"""The ``biovfm`` command: notebook runs, data tools and benchmarks."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from biovfm_lib.params import MEDMNIST_2D_TASKS, MEDMNIST_SIZES, ParamError
+
+
+def _parse_value(text: str) -> Any:
+    """``-p key value`` values are YAML scalars/lists, as in papermill's own ``-y``."""
+    return yaml.safe_load(text)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from biovfm_lib import runs
+
+    overrides = {k: _parse_value(v) for k, v in args.parameters}
+    result = runs.execute(args.notebook, args.file, overrides, progress=not args.quiet)
+    print(f"run {result.status}: {result.run_dir}")
+    if result.html:
+        print(f"report: {result.html}")
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from biovfm_lib.data.synthetic import write_synthetic
+
+    paths = write_synthetic(args.root, size=args.size, scale=args.scale, seed=args.seed,
+                            tasks=args.tasks, progress=True)
+    print(f"synthetic MedMNIST-format files ({len(paths)}) in {args.root}")
+    return 0
+
+
+def cmd_medmnist(args: argparse.Namespace) -> int:
+    from biovfm_lib.data import medmnist as mm
+
+    if args.download:
+        paths = mm.download(args.root, args.size, args.tasks)
+        print(f"downloaded and verified {len(paths)} files in {args.root}")
+        return 0
+    missing = 0
+    for flag in args.tasks:
+        try:
+            path = mm.check_file(args.root, flag, args.size, verify_md5=args.verify)
+            print(f"ok       {path}")
+        except mm.MedMNISTFileError as err:
+            missing += 1
+            print(f"missing  {err}")
+    return 1 if missing else 0
+
+
+def cmd_bench_probe(args: argparse.Namespace) -> int:
+    from biovfm_lib.probe.bench import bench_probe
+
+    bench_probe(encoder=args.encoder, size=args.size, patch_size=args.patch_size,
+                n_images=args.images, batch_size=args.batch_size, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biovfm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute a notebook with papermill into outputs/runs/")
+    run.add_argument("notebook", help="notebook name (03_probe) or path")
+    run.add_argument("-f", "--file", help="papermill parameter file (YAML)")
+    run.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
+                     metavar=("KEY", "VALUE"), help="override one parameter (YAML value)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")
+    run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="MedMNIST data tools").add_subparsers(
+        dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write synthetic MedMNIST-format files")
+    synth.add_argument("--root", required=True)
+    synth.add_argument("--size", type=int, default=28, choices=MEDMNIST_SIZES)
+    synth.add_argument("--scale", type=float, default=0.02)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--tasks", nargs="+", default=list(MEDMNIST_2D_TASKS),
+                       choices=MEDMNIST_2D_TASKS)
+    synth.set_defaults(func=cmd_synth)
+
+    mm = data.add_parser("medmnist", help="check (or download) the real MedMNIST files")
+    mm.add_argument("--root", default="outputs/data/medmnist")
+    mm.add_argument("--size", type=int, default=224, choices=MEDMNIST_SIZES)
+    mm.add_argument("--tasks", nargs="+", default=list(MEDMNIST_2D_TASKS),
+                    choices=MEDMNIST_2D_TASKS)
+    mm.add_argument("--download", action="store_true",
+                    help="fetch with the medmnist package's downloader (needs network)")
+    mm.add_argument("--verify", action="store_true", help="check MD5 against medmnist.INFO")
+    mm.set_defaults(func=cmd_medmnist)
+
+    bench = sub.add_parser("bench", help="benchmarks (print and write outputs/bench/)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bp = bench_sub.add_parser("probe", help="feature-extraction throughput of one encoder")
+    bp.add_argument("--encoder", default="base")
+    bp.add_argument("--size", type=int, default=224)
+    bp.add_argument("--patch-size", type=int, default=0)
+    bp.add_argument("--images", type=int, default=2048)
+    bp.add_argument("--batch-size", type=int, default=256)
+    bp.add_argument("--device", default="auto")
+    bp.set_defaults(func=cmd_bench_probe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ParamError, FileNotFoundError, ValueError) as err:
+        print(f"biovfm: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

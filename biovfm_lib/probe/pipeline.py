@@ -1,0 +1,200 @@
+"""The probe of one encoder on MedMNIST tasks: features, heads, metrics, predictions.
+
+Two protocols share everything but the training features:
+- ``official`` (BioVFM's evaluation): every epoch the frozen backbone encodes freshly augmented
+  training images (RandomRotation(30) + RandomCrop(padding 4)).
+- ``cached`` (the fast path, a documented deviation): training features are extracted once
+  without augmentation and cached on disk, so heads for several learning rates train in seconds.
+Validation and test features never see augmentation and are cached in both protocols.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from torch.utils.data import DataLoader
+
+from biovfm_lib.data.medmnist import SPLITS, TaskData, check_file, load_task
+from biovfm_lib.data.synthetic import write_synthetic
+from biovfm_lib.data.transforms import AugmentedImages, to_model_input
+from biovfm_lib.models.checkpoints import LoadedEncoder, load_encoder
+from biovfm_lib.models.factory import vit_spec
+from biovfm_lib.params import ProbeParams
+from biovfm_lib.probe.features import (
+    FeatureCache,
+    autocast_for,
+    encode,
+    extract_features,
+    file_identity,
+)
+from biovfm_lib.probe.linear import Batches, feature_batches, fit_linear_heads, predict, targets
+from biovfm_lib.probe.metrics import METRICS, bootstrap_metrics, choose_thresholds, compute_metrics
+from biovfm_lib.runs import atomic_write_bytes, resolve, write_table
+
+RESULT_COLUMNS = ["encoder", "checkpoint", "task", "split", "metric", "value", "ci_low",
+                  "ci_high", "n"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_encoder(p: ProbeParams) -> tuple[LoadedEncoder, dict[str, Any]]:
+    """The frozen encoder to probe, and the identity its cached features are keyed on."""
+    if p.checkpoint:
+        enc = load_encoder(resolve(p.checkpoint), p.checkpoint_format, img_size=p.size,
+                           timm_name=p.timm_name)
+        identity = {"sha256": enc.sha256, "spec": enc.spec}
+    else:  # a random-initialisation baseline, reproducible from its seed
+        spec = vit_spec(p.encoder, p.patch_size, img_size=p.size)
+        torch.manual_seed(p.seed)
+        enc = LoadedEncoder(spec.create().eval(), "random", spec, "", "", {})
+        identity = {"random_init": spec, "seed": p.seed, "timm": timm.__version__,
+                    "torch": torch.__version__}
+    for param in enc.model.parameters():
+        param.requires_grad_(False)
+    return enc, identity
+
+
+def encoder_label(enc: LoadedEncoder, p: ProbeParams) -> str:
+    return str(enc.meta.get("size") or (p.encoder if enc.format == "random" else
+                                        enc.spec.timm_name))
+
+
+def prepare_data(p: ProbeParams) -> Path:
+    """The data root, synthesised first when the parameters ask for synthetic data.
+
+    Every task's file is checked before any compute starts, so a missing file costs nothing.
+    """
+    root = resolve(p.data_root)
+    if p.data == "synthetic":
+        write_synthetic(root, size=p.size, scale=p.synthetic_scale, seed=p.synthetic_seed,
+                        tasks=p.tasks)
+    for flag in p.tasks:
+        check_file(root, flag, p.size, verify_md5=p.verify_md5)
+    return root
+
+
+@dataclass
+class TaskProbe:
+    flag: str
+    rows: list[dict[str, Any]]
+    history: pd.DataFrame
+    predictions: dict[str, np.ndarray] = field(repr=False)
+
+
+def augmented_batches(model: torch.nn.Module, images: np.ndarray, y: torch.Tensor,
+                      p: ProbeParams, device: torch.device) -> Batches:
+    """Training features of the official protocol: augmented images through the backbone."""
+    dataset = AugmentedImages(images, p.size)
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(p.seed * 100_003 + epoch)
+        loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=True, generator=g,
+                            num_workers=p.num_workers, pin_memory=device.type == "cuda")
+        for imgs, idx in loader:
+            x = to_model_input(imgs.to(device, non_blocking=True))
+            with autocast_for(device):
+                yield encode(model, x, p.features), y[idx]
+    return batches
+
+
+def cached_features(enc: LoadedEncoder, identity: dict, data: TaskData, split: str,
+                    p: ProbeParams, device: torch.device, cache: FeatureCache) -> np.ndarray:
+    key = cache.key(encoder=identity, data=file_identity(data.file), flag=data.flag,
+                    split=split, size=p.size, features=p.features)
+    feats = cache.get(key)
+    if feats is None:
+        feats = extract_features(enc.model, data.images[split], device, p.features,
+                                 p.extract_batch_size, desc=f"{data.flag} {split}")
+        cache.put(key, feats, flag=data.flag, split=split, size=p.size, features=p.features,
+                  encoder=identity, data=file_identity(data.file))
+    return feats
+
+
+def probe_task(enc: LoadedEncoder, identity: dict, data: TaskData, p: ProbeParams,
+               device: torch.device, cache: FeatureCache, label: str) -> TaskProbe:
+    """Fit, select and evaluate the linear probe of one task."""
+    splits = SPLITS if p.protocol == "cached" else ("val", "test")
+    feats = {s: torch.from_numpy(cached_features(enc, identity, data, s, p, device, cache))
+             for s in splits}
+    ys = {s: targets(data.labels[s], data.multilabel) for s in SPLITS}
+    if p.protocol == "cached":
+        train = feature_batches(feats["train"], ys["train"], p.batch_size, p.seed)
+    else:
+        train = augmented_batches(enc.model, data.images["train"], ys["train"], p, device)
+    fit = fit_linear_heads(train, feats["val"], ys["val"], data.n_classes, data.multilabel,
+                           p.lrs, p.epochs, p.weight_decay, device, p.seed, desc=data.flag)
+    scores = {s: predict(fit.head, feats[s], data.multilabel) for s in ("val", "test")}
+    thresholds = choose_thresholds(data.labels["val"], scores["val"], data.task)
+
+    rows = []
+    for split in ("val", "test"):
+        y_true = data.labels[split]
+        values = compute_metrics(y_true, scores[split], data.task, thresholds)
+        cis = bootstrap_metrics(y_true, scores[split], data.task, thresholds,
+                                n_boot=p.bootstrap, seed=p.seed) if p.bootstrap else {}
+        for metric in METRICS:
+            low, high = cis.get(metric, (np.nan, np.nan))
+            rows.append({
+                "encoder": label, "checkpoint": enc.source, "task": data.flag, "split": split,
+                "metric": metric, "value": values[metric], "ci_low": low, "ci_high": high,
+                "n": len(y_true), "best_lr": fit.lr, "best_epoch": fit.epoch,
+            })
+    history = fit.history.assign(task=data.flag)
+    predictions = {"test_labels": data.labels["test"], "test_scores": scores["test"],
+                   "val_labels": data.labels["val"], "val_scores": scores["val"],
+                   "thresholds": np.asarray([] if thresholds is None else thresholds)}
+    return TaskProbe(data.flag, rows, history, predictions)
+
+
+@dataclass
+class ProbeReport:
+    results: pd.DataFrame
+    history: pd.DataFrame
+    data_source: str  # "real" or "synthetic"
+    encoder: LoadedEncoder = field(repr=False)
+
+
+def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
+    """Probe every requested task and write results, history and predictions to the run."""
+    run_dir = Path(run_dir)
+    root = prepare_data(p)
+    device = resolve_device(p.device)
+    enc, identity = build_encoder(p)
+    enc.model.to(device)
+    label = encoder_label(enc, p)
+    cache = FeatureCache(resolve(p.cache_dir))
+
+    probes, synthetic = [], []
+    for flag in p.tasks:
+        data = load_task(flag, root, p.size, verify_md5=False)  # checked in prepare_data
+        synthetic.append(data.synthetic)
+        probe = probe_task(enc, identity, data, p, device, cache, label)
+        _save_predictions(run_dir / "predictions" / f"{flag}.npz", probe.predictions)
+        probes.append(probe)
+
+    data_source = "synthetic" if any(synthetic) else "real"
+    extra = {"data_source": data_source, "img_size": p.size, "protocol": p.protocol,
+             "features": p.features}
+    results = pd.DataFrame([{**r, **extra} for pr in probes for r in pr.rows])
+    results = results[RESULT_COLUMNS + [c for c in results.columns if c not in RESULT_COLUMNS]]
+    history = pd.concat([pr.history for pr in probes], ignore_index=True)
+    write_table(results, run_dir / "results.parquet")
+    write_table(history, run_dir / "history.parquet")
+    return ProbeReport(results, history, data_source, enc)
+
+
+def _save_predictions(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())

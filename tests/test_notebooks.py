@@ -1,0 +1,93 @@
+"""Notebooks: stored clean, and run headless through the real `biovfm run` + papermill."""
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from biovfm_lib.params import PARAMS_BY_NOTEBOOK, RUNNER_KEYS
+from biovfm_lib.runs import KERNEL_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+BIOVFM = Path(sys.executable).with_name("biovfm")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.kernelspec.name == KERNEL_NAME
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], "one parameters cell, the first code cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_literals_matching_the_params_class(path):
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {}
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign), f"only assignments: {ast.unparse(node)}"
+        names[node.targets[0].id] = ast.literal_eval(node.value)
+    fields = PARAMS_BY_NOTEBOOK[path.stem].model_fields
+    assert set(names) == set(fields) | set(RUNNER_KEYS)
+    defaults = PARAMS_BY_NOTEBOOK[path.stem]().as_dict()
+    assert {k: v for k, v in names.items() if k in fields} == defaults
+
+
+def run_cli(*args, outputs):
+    env = {**os.environ, "BIOVFM_OUTPUTS": str(outputs)}
+    return subprocess.run([str(BIOVFM), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+
+
+@pytest.mark.slow
+def test_probe_notebook_smoke_run(isolated_outputs):
+    data = isolated_outputs / "synthetic"
+    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "data_root",
+                   str(data), "-q", outputs=isolated_outputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["data_source"] == "synthetic"
+    assert record["launcher"] == "biovfm run" and record["ended"]
+    df = pd.read_parquet(run_dir / "results.parquet")
+    test = df[df.split == "test"]
+    assert len(test) == 12 * 5 and test.task.nunique() == 12
+    assert test.value.notna().all() and test.ci_low.notna().all()
+    auc = test[test.metric == "auc"].value
+    assert auc.between(0, 1).all() and auc.mean() > 0.55  # learnable data, not chance
+    html = (run_dir / "03_probe.html").read_text()
+    assert "SYNTHETIC" in html and "run folder" in html
+    assert {p.name for p in (run_dir / "figures").iterdir()} >= {
+        "metrics_test.png", "metrics_test.svg", "training_curves.png"}
+    assert len(list((run_dir / "predictions").glob("*.npz"))) == 12
+
+
+@pytest.mark.slow
+def test_failing_run_keeps_its_notebook_and_is_marked_failed(isolated_outputs):
+    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "data", "medmnist",
+                   "-p", "data_root", str(isolated_outputs / "no-data"), "-q",
+                   outputs=isolated_outputs)
+    assert proc.returncode == 1
+    (run_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and "MedMNISTFileError" in record["error"]
+    nb = nbformat.read(run_dir / "03_probe.ipynb", as_version=4)
+    assert any(o.get("ename") == "MedMNISTFileError" for c in nb.cells if c.cell_type == "code"
+               for o in c.outputs)
+    assert (run_dir / "03_probe.html").is_file() and (run_dir / "error.txt").is_file()
+
+
+def test_bad_parameter_is_rejected_before_a_kernel_starts(isolated_outputs):
+    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "epochs", "0",
+                   outputs=isolated_outputs)
+    assert proc.returncode == 2 and "epochs" in proc.stderr
+    assert not (isolated_outputs / "runs").exists()
