@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) ## run the workbook at smoke scale on synthetic data (CPU, minutes)
 	$(BIN)/biovfm data synth --root outputs/data/synthetic --size 28 --scale 0.02
+	$(BIN)/biovfm run 02_pretrain -f params/pretrain/smoke.yaml
 	$(BIN)/biovfm run 03_probe -f params/probe/smoke.yaml
+	$(BIN)/biovfm run 03_probe -f params/probe/smoke_pretrained.yaml
+	@echo "reports: outputs/runs/*/*/*.html"
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest

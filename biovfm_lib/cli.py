@@ -65,6 +65,16 @@ def cmd_bench_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pretrain(args: argparse.Namespace) -> int:
+    from biovfm_lib.train.bench import bench_pretrain
+
+    bench_pretrain(algorithm=args.algo, size=args.size, batch_size=args.batch_size,
+                   steps=args.steps, img_size=args.img_size, local_size=args.local_size,
+                   n_local=args.n_local, activation_checkpointing=args.activation_checkpointing,
+                   compile_blocks=args.compile, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biovfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--batch-size", type=int, default=256)
     bp.add_argument("--device", default="auto")
     bp.set_defaults(func=cmd_bench_probe)
+    bt = bench_sub.add_parser("pretrain", help="SSL training throughput and MFU of one device")
+    bt.add_argument("--algo", choices=["dinov2", "mae"], default="mae")
+    bt.add_argument("--size", default="large", help="nano, tiny, small, base, large, huge")
+    bt.add_argument("--batch-size", type=int, default=64)
+    bt.add_argument("--steps", type=int, default=20)
+    bt.add_argument("--img-size", type=int, default=224)
+    bt.add_argument("--local-size", type=int, default=98)
+    bt.add_argument("--n-local", type=int, default=8)
+    bt.add_argument("--activation-checkpointing", action="store_true")
+    bt.add_argument("--compile", action="store_true", help="torch.compile each block")
+    bt.add_argument("--device", default="auto")
+    bt.set_defaults(func=cmd_bench_pretrain)
     return parser
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 MEDMNIST_2D_TASKS: tuple[str, ...] = (
     "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
@@ -77,6 +77,41 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _check_tasks(tasks: list[str]) -> list[str]:
+    unknown = [t for t in tasks if t not in MEDMNIST_2D_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {list(MEDMNIST_2D_TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError("tasks must not repeat")
+    return tasks
+
+
+def _check_medmnist_size(size: int) -> int:
+    if size not in MEDMNIST_SIZES:
+        raise ValueError(f"must be one of the MedMNIST sizes {list(MEDMNIST_SIZES)}")
+    return size
+
+
+def _check_encoder(name: str) -> str:
+    from biovfm_lib.models.factory import VIT_SIZES
+
+    if name not in VIT_SIZES:
+        raise ValueError(f"unknown encoder size {name!r}; choose from {list(VIT_SIZES)}")
+    return name
+
+
+def _check_positive(values: list[float]) -> list[float]:
+    if any(v <= 0 for v in values):
+        raise ValueError("every value must be > 0")
+    return values
+
+
+Tasks = Annotated[list[str], Field(min_length=1), AfterValidator(_check_tasks)]
+MedMNISTSize = Annotated[int, AfterValidator(_check_medmnist_size)]
+EncoderSize = Annotated[str, AfterValidator(_check_encoder)]
+ALL_TASKS = Field(default_factory=lambda: list(MEDMNIST_2D_TASKS))
+
+
 class ProbeParams(NotebookParams):
     """Parameters of notebooks/03_probe: linear probing of one encoder on MedMNIST tasks."""
 
@@ -85,11 +120,11 @@ class ProbeParams(NotebookParams):
     data: Literal["medmnist", "synthetic"] = "medmnist"
     synthetic_scale: float = Field(0.02, gt=0, le=1)
     synthetic_seed: int = Field(0, ge=0)
-    tasks: list[str] = Field(default_factory=lambda: list(MEDMNIST_2D_TASKS), min_length=1)
-    size: int = 224
+    tasks: Tasks = ALL_TASKS
+    size: MedMNISTSize = 224
     verify_md5: bool = False
     # encoder
-    encoder: str = "base"
+    encoder: EncoderSize = "base"
     patch_size: int = Field(0, ge=0)  # 0: the size's default patch
     checkpoint: str = ""  # empty: random initialisation (a baseline)
     checkpoint_format: Literal["auto", "biovfm", "dinov2", "mae", "timm"] = "auto"
@@ -99,7 +134,8 @@ class ProbeParams(NotebookParams):
     protocol: Literal["official", "cached"] = "cached"
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
-    lrs: list[float] = Field(default_factory=lambda: [1e-2], min_length=1)
+    lrs: Annotated[list[float], Field(min_length=1), AfterValidator(_check_positive)] = Field(
+        default_factory=lambda: [1e-2])
     weight_decay: float = Field(0.0, ge=0)
     bootstrap: int = Field(1000, ge=0)
     seed: int = Field(0, ge=0)
@@ -108,41 +144,51 @@ class ProbeParams(NotebookParams):
     num_workers: int = Field(0, ge=0)
     cache_dir: str = "outputs/cache/features"
 
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = [t for t in tasks if t not in MEDMNIST_2D_TASKS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {list(MEDMNIST_2D_TASKS)}")
-        if len(set(tasks)) != len(tasks):
-            raise ValueError("tasks must not repeat")
-        return tasks
 
-    @field_validator("size")
-    @classmethod
-    def _known_size(cls, size: int) -> int:
-        if size not in MEDMNIST_SIZES:
-            raise ValueError(f"must be one of the MedMNIST sizes {list(MEDMNIST_SIZES)}")
-        return size
+class PretrainParams(NotebookParams):
+    """Parameters of notebooks/02_pretrain: one self-supervised pretraining run."""
 
-    @field_validator("lrs")
-    @classmethod
-    def _positive_lrs(cls, lrs: list[float]) -> list[float]:
-        if any(lr <= 0 for lr in lrs):
-            raise ValueError("every learning rate must be > 0")
-        return lrs
+    algorithm: Literal["dinov2", "mae"] = "dinov2"
+    encoder: EncoderSize = "base"
+    patch_size: int = Field(0, ge=0)  # 0: the recipe's patch (DINOv2 14, MAE 16)
+    # data: MedMNIST-format train images (real or synthetic) or a folder of images
+    data: Literal["medmnist", "synthetic", "folder"] = "medmnist"
+    data_root: str = "outputs/data/medmnist"
+    data_size: MedMNISTSize = 224  # which MedMNIST file size to read
+    tasks: Tasks = ALL_TASKS
+    synthetic_scale: float = Field(0.02, gt=0, le=1)
+    synthetic_seed: int = Field(0, ge=0)
+    data_fraction: float = Field(1.0, gt=0, le=1)  # nested subsets: smaller inside larger
+    data_count: int = Field(0, ge=0)  # absolute subset size instead of a fraction (0: unused)
+    modalities: list[str] = Field(default_factory=list)  # empty: all modalities
+    # crops
+    img_size: int = Field(224, ge=8)  # DINOv2 global crops / MAE input
+    local_size: int = Field(98, ge=4)
+    n_local: int = Field(8, ge=0)
+    # optimisation
+    epochs: int = Field(100, ge=1)
+    max_steps: int = Field(0, ge=0)  # stop early after this many steps (0: all epochs)
+    batch_size: int = Field(64, ge=2)  # per process
+    method: dict[str, Any] = Field(default_factory=dict)  # overrides of the recipe's config
+    seed: int = Field(0, ge=0)
+    # engine
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP for large and huge
+    activation_checkpointing: bool = False
+    compile: bool = False
+    nproc: int = Field(0, ge=0)  # processes per node (0: every visible GPU, else 1 CPU)
+    nnodes: int = Field(1, ge=1)
+    num_workers: int = Field(4, ge=0)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    out_root: str = "outputs/pretrain"  # the training folder is out_root/<name>
+    name: str = ""  # empty: derived from the parameters, so a rerun resumes the same run
+    launcher: Literal["local", "slurm"] = "local"
+    slurm: dict[str, Any] = Field(default_factory=dict)  # partition, time, account, ...
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, name: str) -> str:
-        from biovfm_lib.models.factory import VIT_SIZES
 
-        if name not in VIT_SIZES:
-            raise ValueError(f"unknown encoder size {name!r}; choose from {list(VIT_SIZES)}")
-        return name
-
-
-PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {"03_probe": ProbeParams}
+PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {
+    "02_pretrain": PretrainParams, "03_probe": ProbeParams}
 
 
 def params_for(notebook: str) -> type[NotebookParams]:

@@ -53,9 +53,14 @@ def outputs_root() -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """Resolve a parameter path: absolute as given, relative to the project root otherwise."""
+    """Resolve a parameter path: absolute as given; ``outputs/...`` under the outputs root
+    (so ``$BIOVFM_OUTPUTS`` moves everything a run writes); else relative to the project."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else project_root() / p
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "outputs":
+        return outputs_root().joinpath(*p.parts[1:])
+    return project_root() / p
 
 
 def notebook_path(notebook: str | Path) -> Path:

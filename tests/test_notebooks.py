@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import timm
+from safetensors.torch import load_file
 
 from biovfm_lib.params import PARAMS_BY_NOTEBOOK, RUNNER_KEYS
 from biovfm_lib.runs import KERNEL_NAME
@@ -91,3 +93,30 @@ def test_bad_parameter_is_rejected_before_a_kernel_starts(isolated_outputs):
                    outputs=isolated_outputs)
     assert proc.returncode == 2 and "epochs" in proc.stderr
     assert not (isolated_outputs / "runs").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
+    proc = run_cli("run", "02_pretrain", "-f", "params/pretrain/smoke.yaml", "-q",
+                   outputs=isolated_outputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (isolated_outputs / "runs" / "02_pretrain").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["data_source"] == "synthetic"
+    train_dir = Path(record["train_dir"])
+    assert train_dir == isolated_outputs / "pretrain" / "smoke-dinov2-nano"
+    log = pd.read_json(train_dir / "log.jsonl", lines=True)
+    assert log.step.tolist() == list(range(2, 21, 2)) and log.loss.notna().all()
+    sidecar = json.loads((train_dir / "export" / "backbone.json").read_text())
+    model = timm.create_model(sidecar["timm_name"], **sidecar["timm_kwargs"])
+    model.load_state_dict(load_file(record["export"]))  # strict
+    assert "SYNTHETIC" in (run_dir / "02_pretrain.html").read_text()
+    assert {"views.png", "training.png"} <= {p.name for p in (run_dir / "figures").iterdir()}
+
+    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke_pretrained.yaml", "-p", "tasks",
+                   "[dermamnist, breastmnist]", "-q", outputs=isolated_outputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (probe_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
+    df = pd.read_parquet(probe_dir / "results.parquet")
+    assert df.checkpoint.eq(record["export"]).all() and df.encoder.eq("nano").all()
+    assert len(df) == 2 * 5 * 2

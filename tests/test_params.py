@@ -3,7 +3,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from biovfm_lib.params import MEDMNIST_2D_TASKS, ParamError, ProbeParams, load_yaml, params_for
+from biovfm_lib.params import (
+    MEDMNIST_2D_TASKS,
+    ParamError,
+    PretrainParams,
+    ProbeParams,
+    load_yaml,
+    params_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,10 +22,13 @@ def test_defaults_follow_the_official_protocol():
     assert p.features == "mean_patch" and p.bootstrap == 1000
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "params" / "probe").glob("*.yaml")),
-                         ids=lambda p: p.name)
+PARAM_FOLDERS = {"probe": ProbeParams, "pretrain": PretrainParams}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_parameter_file_validates(path):
-    ProbeParams.from_yaml(path)
+    PARAM_FOLDERS[path.parent.name].from_yaml(path)
 
 
 def test_unknown_key_is_named():

@@ -73,3 +73,9 @@ def test_bad_parameters_fail_before_any_run_folder(isolated_outputs):
 def test_unknown_notebook_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="03_probe"):
         runs.notebook_path("99_missing")
+
+
+def test_outputs_paths_follow_the_outputs_root(isolated_outputs):
+    assert runs.resolve("outputs/data/synthetic") == isolated_outputs / "data" / "synthetic"
+    assert runs.resolve("params/probe") == runs.project_root() / "params" / "probe"
+    assert runs.resolve("/abs/x") == runs.resolve("/abs/x").resolve()

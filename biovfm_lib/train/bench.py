@@ -1,0 +1,92 @@
+"""Pretraining throughput benchmark: images/s, step time, peak memory and MFU of one device.
+
+Batches are random tensors made on the device, so the figures measure the model and the
+optimiser alone (the data loader is benchmarked separately); the step is the training loop's
+own ``train_step``. A benchmark prints figures and writes them to ``outputs/bench/``; it is
+not a test.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from biovfm_lib.params import PretrainParams
+from biovfm_lib.runs import atomic_write_json, device_info, now, outputs_root
+from biovfm_lib.train.config import TrainConfig
+from biovfm_lib.train.loop import build_method, train_step
+from biovfm_lib.train.meter import peak_flops
+
+
+def synthetic_samples(cfg: TrainConfig, n: int) -> list:
+    """Normalised random samples in the shapes the method's augmentation produces."""
+    def image(size: int) -> torch.Tensor:
+        return torch.randn(3, size, size)
+    if cfg.algorithm == "dinov2":
+        return [[image(cfg.img_size), image(cfg.img_size)]
+                + [image(cfg.local_size) for _ in range(cfg.n_local)] for _ in range(n)]
+    return [image(cfg.img_size) for _ in range(n)]
+
+
+def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int = 64,
+                   steps: int = 20, warmup: int = 5, img_size: int = 224, local_size: int = 98,
+                   n_local: int = 8, activation_checkpointing: bool = False,
+                   compile_blocks: bool = False, device: str = "auto") -> dict[str, Any]:
+    dev = torch.device(device if device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    p = PretrainParams.validate_mapping({
+        "algorithm": algorithm, "encoder": size, "img_size": img_size,
+        "local_size": local_size, "n_local": n_local, "batch_size": batch_size})
+    cfg = TrainConfig(algorithm=algorithm, size=size, method={}, sources=[], subset={},
+                      img_size=img_size, local_size=local_size, n_local=n_local, epochs=1,
+                      max_steps=0, batch_size=batch_size, seed=0, precision="auto",
+                      strategy="ddp", activation_checkpointing=activation_checkpointing,
+                      compile=compile_blocks, num_workers=0, checkpoint_every=1, log_every=1,
+                      out_dir="", params=p.as_dict())
+    bf16 = dev.type == "cuda"
+    method, _ = build_method(cfg, batch_size, warmup + steps)
+    method.to(dev)
+    for vit in (m for m in method.modules() if hasattr(m, "set_grad_checkpointing")):
+        if activation_checkpointing:
+            vit.set_grad_checkpointing(True)
+        if compile_blocks:
+            for block in vit.blocks:
+                block.compile()
+    opt = torch.optim.AdamW(method.param_groups(), lr=0.0, betas=method.betas,
+                            fused=dev.type == "cuda")
+    batch = {k: v.to(dev) for k, v in
+             method.collate(synthetic_samples(cfg, batch_size)).items()}
+    for step in range(warmup):
+        train_step(method, method, opt, batch, step, bf16)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for step in range(warmup, warmup + steps):
+        train_step(method, method, opt, batch, step, bf16)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    rate = batch_size / seconds
+    peak = peak_flops(dev)
+    result = {
+        "benchmark": "pretrain", "algorithm": algorithm, "size": size, "spec": method.spec,
+        "batch_size": batch_size, "img_size": img_size,
+        "crops": f"2x{img_size} + {n_local}x{local_size}" if algorithm == "dinov2" else None,
+        "device": str(dev), "precision": "bf16" if bf16 else "fp32",
+        "activation_checkpointing": activation_checkpointing, "compile": compile_blocks,
+        "step_s": round(seconds, 4), "images_per_s": round(rate, 1),
+        "model_tflops_per_s": round(rate * method.flops_per_sample() / 1e12, 2),
+        "mfu": round(rate * method.flops_per_sample() / peak, 4) if peak else None,
+        "peak_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                            if dev.type == "cuda" else None),
+        "machine": device_info(), "when": now(),
+    }
+    mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
+    print(f"{algorithm} {size} batch {batch_size} on {dev} ({result['precision']}): "
+          f"{result['images_per_s']} images/s, {seconds * 1e3:.0f} ms/step{mfu}")
+    path = outputs_root() / "bench" / f"pretrain_{algorithm}_{size}_{dev.type}_{time.time_ns()}.json"
+    atomic_write_json(path, result)
+    print(f"written: {path}")
+    return result

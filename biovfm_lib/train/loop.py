@@ -1,0 +1,239 @@
+"""The pretraining loop: one readable loop for every objective, size and strategy.
+
+Each step sets the scheduled learning rate and weight decay, runs the method under autocast,
+clips, steps AdamW and lets the method update its teacher. Every ``log_every`` steps rank 0
+appends a JSON line (loss terms, lr, grad norm, images/s, MFU); every ``checkpoint_every``
+steps the full state is saved. A restart with the same config resumes from the last
+checkpoint and replays the same data, augmentations and masks, so it ends where an
+uninterrupted run would. A non-finite loss or a collapsed representation stops the run with
+a clear message instead of burning compute.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from biovfm_lib.data.pretrain import PretrainImages, index_images, select_subset
+from biovfm_lib.data.sampler import ResumableDistributedSampler
+from biovfm_lib.data.ssl_transforms import DINOv2Augmentation, MAEAugmentation
+from biovfm_lib.models.checkpoints import export_backbone
+from biovfm_lib.ssl import MAE, DINOv2, DINOv2Config, MAEConfig
+from biovfm_lib.train.checkpoint import FULL, load_checkpoint, save_checkpoint
+from biovfm_lib.train.config import TrainConfig
+from biovfm_lib.train.distributed import (
+    DistEnv,
+    all_gather_objects,
+    all_reduce_mean,
+    autocast,
+    barrier,
+    init_distributed,
+    prepare_model,
+    unwrap,
+)
+from biovfm_lib.train.meter import ThroughputMeter
+
+COLLAPSE_MIN_STD = 1e-3  # a "*_std" monitor below this, at COLLAPSE_PATIENCE logs in a row
+COLLAPSE_PATIENCE = 3
+
+
+class TrainingStopped(RuntimeError):
+    """The run was stopped on purpose (non-finite loss, collapse); the message says why."""
+
+
+def build_method(cfg: TrainConfig, global_batch: int, total_steps: int
+                 ) -> tuple[nn.Module, Any]:
+    """The objective and the per-sample augmentation it expects."""
+    if cfg.algorithm == "dinov2":
+        mcfg = DINOv2Config.for_size(
+            cfg.size, **{"global_crop_size": cfg.img_size, "local_crop_size": cfg.local_size,
+                         "n_local_crops": cfg.n_local, "batch_size": global_batch,
+                         **cfg.method})
+        return DINOv2(mcfg, total_steps), DINOv2Augmentation(
+            mcfg.global_crop_size, mcfg.local_crop_size, mcfg.n_local_crops)
+    if cfg.algorithm == "mae":
+        mcfg = MAEConfig.for_size(cfg.size, **{"img_size": cfg.img_size,
+                                               "batch_size": global_batch, **cfg.method})
+        return MAE(mcfg, total_steps), MAEAugmentation(mcfg.img_size)
+    raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose dinov2 or mae")
+
+
+def training_images(cfg: TrainConfig):
+    index = index_images(cfg.sources)
+    return select_subset(index, seed=cfg.seed, **cfg.subset)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision == "bf16":
+        return True
+    return cfg.precision == "auto" and device.type == "cuda"
+
+
+class JsonLog:
+    """Rank 0's JSON-lines log; on resume, lines past the restored step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train_step(model: nn.Module, method: nn.Module, opt: torch.optim.Optimizer, batch: dict,
+               step: int, bf16: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step: scheduled lr / wd, forward, backward, clip, AdamW, teacher."""
+    lr, wd = method.lr(step), method.weight_decay(step)
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+        group["weight_decay"] = wd * group["wd_scale"]
+    with autocast(next(method.parameters()).device, bf16):
+        result = model(batch, step)
+    opt.zero_grad(set_to_none=True)
+    result["loss"].backward()
+    grad_norm = nn.utils.clip_grad_norm_([p for p in method.parameters() if p.requires_grad],
+                                         method.clip_grad or math.inf)
+    method.before_optimizer_step(step)
+    opt.step()
+    method.after_optimizer_step(step)
+    return result, grad_norm
+
+
+def train(cfg: TrainConfig) -> Path | None:
+    """Run (or resume) one pretraining run; return the exported backbone on rank 0."""
+    env = init_distributed()
+    out = cfg.dir
+    export_stem = out / "export" / "backbone"
+    if export_stem.with_suffix(".json").exists():
+        if env.is_main:
+            print(f"already finished: {export_stem.with_suffix('.safetensors')}", flush=True)
+        return export_stem.with_suffix(".safetensors")
+
+    images = training_images(cfg)
+    global_batch = cfg.batch_size * env.world_size
+    steps_per_epoch = len(images) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the subset has {len(images)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {env.world_size} processes)")
+    total = cfg.epochs * steps_per_epoch
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    method, transform = build_method(cfg, global_batch, total)
+    bf16 = use_bf16(cfg, env.device)
+    model = prepare_model(method, cfg.strategy, env, cfg.activation_checkpointing, cfg.compile,
+                          bf16)
+    opt = torch.optim.AdamW(method.param_groups(), lr=0.0, betas=method.betas,
+                            fused=env.device.type == "cuda")
+    sampler = ResumableDistributedSampler(len(images), env.world_size, env.rank, cfg.seed)
+    dataset = PretrainImages(images, transform, seed=cfg.seed)
+
+    ckpt_path = out / "checkpoints" / "last.pt"
+    step = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, model, opt, env)
+        step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+        if env.is_main:
+            print(f"resuming from step {step} ({ckpt_path})", flush=True)
+    log = JsonLog(out / "log.jsonl", step) if env.is_main else None
+
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        collate_fn=method.collate, num_workers=cfg.num_workers,
+                        pin_memory=env.device.type == "cuda", drop_last=True,
+                        persistent_workers=cfg.num_workers > 0,
+                        # its own generator: making an iterator must not draw from the global
+                        # RNG, whose state a resumed run restores from the checkpoint
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    meter = ThroughputMeter(method.flops_per_sample(), env.world_size, env.device)
+    bar = tqdm(total=total, initial=step, disable=not env.is_main, desc=cfg.algorithm,
+               mininterval=5.0, dynamic_ncols=False, ncols=100)
+    low_std = 0
+    while step < total:
+        sampler.set_epoch(step // steps_per_epoch)
+        for batch in loader:
+            lr, wd = method.lr(step), method.weight_decay(step)
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            result, grad_norm = train_step(model, method, opt, batch, step, bf16)
+            step += 1
+            sampler.advance(cfg.batch_size)
+            meter.update(cfg.batch_size)
+            bar.update(1)
+
+            loss = all_reduce_mean(result["loss"].detach().float().clone())
+            if not torch.isfinite(loss):
+                raise TrainingStopped(f"non-finite loss {loss.item()} at step {step}: lower the "
+                                      "learning rate or check the data; last checkpoint kept")
+            if step % cfg.log_every == 0 or step == total:
+                stats = method.collapse_stats(result)
+                low_std = low_std + 1 if any(v < COLLAPSE_MIN_STD for k, v in stats.items()
+                                             if k.endswith("_std")) else 0
+                divergence = replica_divergence(method, cfg.strategy)
+                if log:
+                    log.write({**_record(step, steps_per_epoch, result, loss, lr, wd, grad_norm,
+                                         meter), "replica_divergence": divergence})
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if low_std >= COLLAPSE_PATIENCE:
+                    raise TrainingStopped(f"representation collapse at step {step}: {stats} "
+                                          f"(a *_std below {COLLAPSE_MIN_STD} for "
+                                          f"{COLLAPSE_PATIENCE} logs); last checkpoint kept")
+            if step % cfg.checkpoint_every == 0 or step == total:
+                save_checkpoint(ckpt_path, model, opt, env, step=step,
+                                sampler=sampler.state_dict(), config=cfg.params)
+            if step >= total:
+                break
+    bar.close()
+    return _export(cfg, model, env, export_stem, step, global_batch, len(images))
+
+
+def replica_divergence(method: nn.Module, strategy: str) -> float | None:
+    """Largest difference between ranks' per-tensor weight sums (DDP replicas must agree
+    exactly; a non-zero value means a non-deterministic op or an unsynchronised buffer)."""
+    if strategy != "ddp" or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    sums = torch.stack([t.detach().double().sum() for t in method.state_dict().values()
+                        if t.is_floating_point()]).cpu()
+    gathered = all_gather_objects(sums)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)
+
+
+def _record(step: int, steps_per_epoch: int, result: dict, loss: torch.Tensor, lr: float,
+            wd: float, grad_norm: torch.Tensor, meter: ThroughputMeter) -> dict[str, Any]:
+    record = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
+              "weight_decay": wd, "grad_norm": float(grad_norm), "time": time.time()}
+    record.update({k: float(v) for k, v in result.items() if k != "loss" and v.numel() == 1})
+    record.update(meter.read())
+    return record
+
+
+def _export(cfg: TrainConfig, model: nn.Module, env: DistEnv, stem: Path, step: int,
+            global_batch: int, n_images: int) -> Path | None:
+    """Export the backbone (DINOv2 teacher / MAE encoder) from a gathered, unsharded copy."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(model, options=FULL)
+    path = None
+    if env.is_main:
+        method, _ = build_method(cfg, global_batch, step)
+        unwrap(method).load_state_dict(full)
+        backbone = method.backbone_for_export()
+        path, _ = export_backbone(
+            backbone, method.spec, stem, algorithm=cfg.algorithm, size=cfg.size,
+            data_subset=cfg.subset, n_train_images=n_images, steps=step,
+            images_seen=step * global_batch, sources=[s["name"] for s in cfg.sources],
+            run=cfg.dir.name)
+        print(f"exported backbone: {path}", flush=True)
+    barrier()
+    return path

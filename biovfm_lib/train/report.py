@@ -1,0 +1,114 @@
+"""What notebook 02_pretrain shows: the views an objective trains on, and the run's curves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from biovfm_lib.data.pretrain import PretrainImages
+from biovfm_lib.data.ssl_transforms import IMAGENET_MEAN, IMAGENET_STD
+from biovfm_lib.data.synthetic import synthetic_info
+from biovfm_lib.params import PretrainParams
+from biovfm_lib.runs import resolve
+from biovfm_lib.train.config import TrainConfig
+from biovfm_lib.train.loop import build_method, training_images
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """The JSON-lines log as a table, one row per logged step."""
+    lines = Path(path).read_text().splitlines()
+    return pd.DataFrame([json.loads(line) for line in lines if line])
+
+
+def _show(ax, img: torch.Tensor, title: str = "") -> None:
+    """Show a uint8 image, or a normalised float one (undoing the normalisation)."""
+    if img.dtype == torch.uint8:
+        img = img.float() / 255
+    else:
+        mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+        img = img.float() * torch.tensor(IMAGENET_STD)[:, None, None] + mean
+    ax.imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_views(cfg: TrainConfig, n_images: int = 3) -> plt.Figure:
+    """A few training images as the objective sees them: DINOv2's crops with iBOT masks, or
+    MAE's visible patches."""
+    images = training_images(cfg).head(n_images)
+    method, transform = build_method(cfg, cfg.batch_size, 1)
+    dataset = PretrainImages(images, transform, seed=cfg.seed)
+    samples = [dataset[(0, i)] for i in range(n_images)]
+    batch = method.collate(samples)
+    if cfg.algorithm == "dinov2":
+        n_local = len(samples[0]) - 2
+        cols = 3 + n_local
+        fig, axes = plt.subplots(n_images, cols, figsize=(1.6 * cols, 1.7 * n_images),
+                                 squeeze=False)
+        grid = cfg.img_size // method.cfg.patch_size
+        for r, sample in enumerate(samples):
+            _show(axes[r, 0], dataset.read(r), "image")
+            for c, crop in enumerate(sample):
+                _show(axes[r, c + 1], crop, "global" if c < 2 else "local")
+            mask = batch["masks"][r].view(grid, grid).float().numpy()
+            axes[r, 1].imshow(np.kron(mask, np.ones((method.cfg.patch_size,) * 2)),
+                              alpha=0.45, cmap="Reds", vmin=0, vmax=1)
+            axes[r, -1].axis("off")
+        fig.suptitle("DINOv2 views: 2 global crops (iBOT-masked patches in red on the "
+                     "first), local crops", fontsize=9)
+    else:
+        fig, axes = plt.subplots(n_images, 2, figsize=(3.4, 1.7 * n_images), squeeze=False)
+        p = method.cfg.patch_size
+        grid = cfg.img_size // p
+        for r in range(n_images):
+            img = batch["images"][r]
+            _show(axes[r, 0], img, "input")
+            hidden = batch["mask"][r].view(grid, grid).repeat_interleave(p, 0) \
+                .repeat_interleave(p, 1)
+            _show(axes[r, 1], img.masked_fill(hidden, -3.0), "encoder sees")
+        fig.suptitle(f"MAE: {method.cfg.mask_ratio:.0%} of patches hidden", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_log(log: pd.DataFrame) -> plt.Figure:
+    """Loss terms, learning rate and throughput over the run."""
+    terms = [c for c in log.columns if c.endswith("_loss")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(log.step, log.loss, label="total", color="black")
+    for term in terms:
+        axes[0].plot(log.step, log[term], label=term, lw=1)
+    axes[0].set_title("loss")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(log.step, log.lr)
+    axes[1].set_title("learning rate")
+    axes[2].plot(log.step, log.images_per_s)
+    axes[2].set_title("images / s" + ("" if log.mfu.isna().all()
+                                      else f" (MFU {log.mfu.median():.0%} median)"))
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def data_source(p: PretrainParams) -> str:
+    """"synthetic" for generated MedMNIST-format data, "real" otherwise."""
+    if p.data == "folder":
+        return "real"
+    return "synthetic" if synthetic_info(resolve(p.data_root)) is not None else "real"
+
+
+def data_banner(p: PretrainParams) -> str:
+    """A Markdown line saying which images the run trains on."""
+    subset = (f"{p.data_count} images" if p.data_count else f"{p.data_fraction:.0%} subset")
+    subset += f", modalities {p.modalities}" if p.modalities else ", all modalities"
+    where = f"`{resolve(p.data_root)}`"
+    if data_source(p) == "synthetic":
+        return (f"**Data: SYNTHETIC** MedMNIST-format train images at {where} ({subset}). "
+                "They exercise the pipeline; they say nothing about medical images.")
+    kind = "a folder of images" if p.data == "folder" else "real MedMNIST train splits"
+    return f"**Data: {kind}** at {where} ({subset})."
