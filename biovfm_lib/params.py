@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 MEDMNIST_2D_TASKS: tuple[str, ...] = (
     "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
@@ -185,6 +192,21 @@ class PretrainParams(NotebookParams):
     name: str = ""  # empty: derived from the parameters, so a rerun resumes the same run
     launcher: Literal["local", "slurm"] = "local"
     slurm: dict[str, Any] = Field(default_factory=dict)  # partition, time, account, ...
+
+
+    @model_validator(mode="after")
+    def _known_method_keys(self) -> PretrainParams:
+        import dataclasses
+
+        from biovfm_lib.ssl import DINOv2Config, MAEConfig
+
+        config = DINOv2Config if self.algorithm == "dinov2" else MAEConfig
+        known = {f.name for f in dataclasses.fields(config)} - {"size"}
+        unknown = sorted(set(self.method) - known)
+        if unknown:
+            raise ValueError(f"method: unknown {config.__name__} key(s) {unknown}; "
+                             f"known: {sorted(known)}")
+        return self
 
 
 PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {

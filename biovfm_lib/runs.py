@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -154,6 +155,15 @@ def device_info() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - torch is a hard dependency
         info["cuda"] = False
     return info
+
+
+def record_benchmark(name: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark's figures, with the machine and time they were taken on, to
+    ``outputs/bench/<name>_<ns>.json`` (benchmarks never overwrite earlier figures)."""
+    result = {**result, "machine": device_info(), "when": now()}
+    path = atomic_write_json(outputs_root() / "bench" / f"{name}_{time.time_ns()}.json", result)
+    print(f"written: {path}")
+    return path
 
 
 def now() -> str:

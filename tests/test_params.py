@@ -88,3 +88,12 @@ def test_yaml_errors(tmp_path):
         load_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ParamError, match="no parameter set"):
         params_for("99_nothing")
+
+
+def test_pretrain_method_overrides_are_checked_against_the_recipe():
+    assert PretrainParams.validate_mapping({"method": {"base_lr": 1e-3}}).method == {
+        "base_lr": 1e-3}
+    with pytest.raises(ParamError, match="base_lrr"):
+        PretrainParams.validate_mapping({"method": {"base_lrr": 1e-3}})
+    with pytest.raises(ParamError, match="n_prototypes"):  # a DINOv2 key given to MAE
+        PretrainParams.validate_mapping({"algorithm": "mae", "method": {"n_prototypes": 8}})

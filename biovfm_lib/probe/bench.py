@@ -14,7 +14,7 @@ import torch
 from biovfm_lib.models.factory import vit_spec
 from biovfm_lib.probe.features import extract_features
 from biovfm_lib.probe.pipeline import resolve_device
-from biovfm_lib.runs import atomic_write_json, device_info, now, outputs_root
+from biovfm_lib.runs import record_benchmark
 
 
 def bench_probe(encoder: str = "base", size: int = 224, patch_size: int = 0,
@@ -40,11 +40,9 @@ def bench_probe(encoder: str = "base", size: int = 224, patch_size: int = 0,
         "images_per_s": round(n_images / seconds, 1),
         "peak_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                             if dev.type == "cuda" else None),
-        "machine": device_info(), "torch_threads": torch.get_num_threads(), "when": now(),
+        "torch_threads": torch.get_num_threads(),
     }
     print(f"{encoder} @ {size}px on {dev} ({result['precision']}): "
           f"{result['images_per_s']} images/s ({n_images} images in {seconds:.1f} s)")
-    path = outputs_root() / "bench" / f"probe_{encoder}_{size}px_{dev.type}_{time.time_ns()}.json"
-    atomic_write_json(path, result)
-    print(f"written: {path}")
+    record_benchmark(f"probe_{encoder}_{size}px_{dev.type}", result)
     return result

@@ -8,6 +8,7 @@ Extraction runs under bf16 autocast on GPU and fp32 on CPU.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -89,8 +90,6 @@ class FeatureCache:
         return np.load(path) if path.is_file() else None
 
     def put(self, key: str, array: np.ndarray, **meta: Any) -> Path:
-        import io
-
         buf = io.BytesIO()
         np.save(buf, array)
         path = self.path(key)

@@ -9,6 +9,7 @@ Validation and test features never see augmentation and are cached in both proto
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,6 @@ def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
 
 
 def _save_predictions(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from biovfm_lib.params import PretrainParams
-from biovfm_lib.runs import atomic_write_json, device_info, now, outputs_root
+from biovfm_lib.runs import record_benchmark
 from biovfm_lib.train.config import TrainConfig
 from biovfm_lib.train.loop import build_method, train_step
 from biovfm_lib.train.meter import peak_flops
@@ -81,12 +81,9 @@ def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int 
         "mfu": round(rate * method.flops_per_sample() / peak, 4) if peak else None,
         "peak_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                             if dev.type == "cuda" else None),
-        "machine": device_info(), "when": now(),
     }
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
     print(f"{algorithm} {size} batch {batch_size} on {dev} ({result['precision']}): "
           f"{result['images_per_s']} images/s, {seconds * 1e3:.0f} ms/step{mfu}")
-    path = outputs_root() / "bench" / f"pretrain_{algorithm}_{size}_{dev.type}_{time.time_ns()}.json"
-    atomic_write_json(path, result)
-    print(f"written: {path}")
+    record_benchmark(f"pretrain_{algorithm}_{size}_{dev.type}", result)
     return result

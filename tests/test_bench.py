@@ -1,0 +1,25 @@
+"""Benchmarks run and record their figures (their speed is reported, never asserted)."""
+import json
+
+import pytest
+
+from biovfm_lib.probe.bench import bench_probe
+from biovfm_lib.train.bench import bench_pretrain
+
+
+def test_probe_benchmark_records_throughput(isolated_outputs):
+    result = bench_probe(encoder="nano", size=28, n_images=64, batch_size=32, device="cpu")
+    (path,) = (isolated_outputs / "bench").glob("probe_nano_28px_cpu_*.json")
+    stored = json.loads(path.read_text())
+    assert stored["images_per_s"] == result["images_per_s"] > 0
+    assert stored["precision"] == "fp32" and stored["machine"]["cpu_count"]
+
+
+@pytest.mark.parametrize("algorithm", ["dinov2", "mae"])
+def test_pretrain_benchmark_records_step_time(isolated_outputs, algorithm):
+    result = bench_pretrain(algorithm, "nano", batch_size=4, steps=2, warmup=1, img_size=28,
+                            local_size=12, n_local=2, device="cpu")
+    (path,) = (isolated_outputs / "bench").glob(f"pretrain_{algorithm}_nano_cpu_*.json")
+    stored = json.loads(path.read_text())
+    assert stored["step_s"] > 0 and stored["mfu"] is None  # no known peak for a CPU
+    assert stored["model_tflops_per_s"] == result["model_tflops_per_s"]
