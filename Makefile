@@ -22,6 +22,8 @@ demo: $(STAMP) ## run the workbook at smoke scale on synthetic data (CPU, minute
 	$(BIN)/biovfm run 02_pretrain -f params/pretrain/smoke.yaml
 	$(BIN)/biovfm run 03_probe -f params/probe/smoke.yaml
 	$(BIN)/biovfm run 03_probe -f params/probe/smoke_pretrained.yaml
+	$(BIN)/biovfm run 04_scaling -f params/scaling/smoke.yaml
+	$(BIN)/biovfm run 05_task_properties -f params/properties/smoke.yaml
 	@echo "reports: outputs/runs/*/*/*.html"
 
 test: $(STAMP) ## run the test suite

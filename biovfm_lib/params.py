@@ -209,8 +209,43 @@ class PretrainParams(NotebookParams):
         return self
 
 
+class ScalingParams(NotebookParams):
+    """Parameters of notebooks/04_scaling: per-task scaling fits of probe results."""
+
+    source: Literal["both", "runs", "reference"] = "both"
+    reference: str = "params/reference/biovfm_paper_auc.csv"
+    run_ids: list[str] = Field(default_factory=list)  # empty: every completed 03_probe run
+    x: Literal["params_total_m", "params_encoder_m", "images_seen"] = "params_total_m"
+    metrics: list[Literal["auc", "acc", "balanced_acc", "mcc", "f1_macro"]] = Field(
+        default_factory=lambda: ["auc"], min_length=1)
+    n_boot: int = Field(1000, ge=0)
+
+
+class PropertiesParams(NotebookParams):
+    """Parameters of notebooks/05_task_properties: task properties against scaling slopes."""
+
+    data_root: str = "outputs/data/medmnist"
+    data: Literal["medmnist", "synthetic"] = "medmnist"
+    synthetic_scale: float = Field(0.02, gt=0, le=1)
+    synthetic_seed: int = Field(0, ge=0)
+    size: MedMNISTSize = 224
+    tasks: Tasks = ALL_TASKS
+    encoder: EncoderSize = "small"  # for DBI on features (random init unless checkpoint)
+    patch_size: int = Field(0, ge=0)
+    checkpoint: str = ""
+    sample: int = Field(500, ge=10)  # training images per task, fixed seed
+    pixel_size: int = Field(16, ge=2)
+    seed: int = Field(0, ge=0)
+    slopes: Literal["reference", "runs"] = "reference"  # runs: the latest 04_scaling run
+    metric: Literal["auc", "acc", "balanced_acc", "mcc", "f1_macro"] = "auc"
+    n_boot: int = Field(1000, ge=0)
+    adjust: Literal["holm", "fdr_bh"] = "holm"
+    device: str = "auto"
+
+
 PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {
-    "02_pretrain": PretrainParams, "03_probe": ProbeParams}
+    "02_pretrain": PretrainParams, "03_probe": ProbeParams, "04_scaling": ScalingParams,
+    "05_task_properties": PropertiesParams}
 
 
 def params_for(notebook: str) -> type[NotebookParams]:

@@ -1,8 +1,11 @@
 """Pretraining really learns: a briefly pretrained nano ViT beats its random initialisation.
 
-Measured on this workbook's synthetic MedMNIST-format data (seed 0, 2 CPU cores): MAE, 150
-steps of batch 64 (~30 s), mean test AUC over the 12 tasks 0.709 against 0.643 at random
-initialisation. The margin asserted below is half of that gain.
+Measured on this workbook's synthetic MedMNIST-format data (seed 0, 2 CPU cores), mean test
+AUC over the 12 tasks against 0.643 at random initialisation: MAE, 150 steps of batch 64
+(~30 s): 0.709; DINOv2, 300 steps of batch 64 (~2 min): 0.700. The margin asserted is half
+the smaller gain. DINOv2 at this scale needs its smoke settings (no layer-scale damping, 128
+prototypes, a faster teacher, a higher lr): with the default recipe scaled down it does not
+beat random features within a CPU budget (0.61-0.65 after 150-200 steps).
 """
 import pytest
 
@@ -12,7 +15,7 @@ from biovfm_lib.probe.pipeline import run_probe
 from biovfm_lib.train import launch
 
 pytestmark = pytest.mark.slow
-MARGIN = 0.033
+MARGIN = 0.028
 
 
 def mean_test_auc(root, checkpoint: str = "") -> float:
@@ -24,14 +27,22 @@ def mean_test_auc(root, checkpoint: str = "") -> float:
     return results.query("split == 'test' and metric == 'auc'").value.mean()
 
 
-def test_mae_pretraining_beats_random_initialisation(tmp_path):
+SMOKE_RECIPES = {
+    "mae": {"max_steps": 150, "method": {"base_lr": 0.004}},
+    "dinov2": {"max_steps": 300, "local_size": 12, "n_local": 2, "method": {
+        "layerscale": 1.0, "n_prototypes": 128, "momentum_teacher": 0.99, "base_lr": 0.01}},
+}
+
+
+@pytest.mark.parametrize("algorithm", ["mae", "dinov2"])
+def test_pretraining_beats_random_initialisation(tmp_path, algorithm):
     root = tmp_path / "synth"
     result = launch(PretrainParams.validate_mapping({
-        "algorithm": "mae", "encoder": "nano", "patch_size": 4, "data": "synthetic",
+        "algorithm": algorithm, "encoder": "nano", "patch_size": 4, "data": "synthetic",
         "data_root": str(root), "data_size": 28, "img_size": 28, "epochs": 100,
-        "max_steps": 150, "batch_size": 64, "method": {"base_lr": 0.004}, "num_workers": 2,
-        "nproc": 1, "log_every": 10, "checkpoint_every": 1000,
-        "out_root": str(tmp_path / "pretrain")}), live=False)
+        "batch_size": 64, "num_workers": 2, "nproc": 1, "log_every": 10,
+        "checkpoint_every": 1000, "out_root": str(tmp_path / "pretrain"),
+        **SMOKE_RECIPES[algorithm]}), live=False)
     pretrained, random_init = mean_test_auc(root, str(result.export)), mean_test_auc(root)
-    print(f"mean test AUC: MAE {pretrained:.4f}, random init {random_init:.4f}")
+    print(f"mean test AUC: {algorithm} {pretrained:.4f}, random init {random_init:.4f}")
     assert pretrained - random_init > MARGIN

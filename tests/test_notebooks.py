@@ -50,13 +50,19 @@ def run_cli(*args, outputs):
                           text=True, timeout=900, check=False)
 
 
+def run_notebook(notebook: str, params: str, outputs: Path, *overrides: str) -> Path:
+    """Run a notebook through the CLI, expect success, return its (only) run folder."""
+    proc = run_cli("run", notebook, "-f", params, *overrides, "-q", outputs=outputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (outputs / "runs" / notebook).iterdir()
+    return run_dir
+
+
 @pytest.mark.slow
 def test_probe_notebook_smoke_run(isolated_outputs):
     data = isolated_outputs / "synthetic"
-    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "data_root",
-                   str(data), "-q", outputs=isolated_outputs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
+    run_dir = run_notebook("03_probe", "params/probe/smoke.yaml", isolated_outputs,
+                           "-p", "data_root", str(data))
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["data_source"] == "synthetic"
     assert record["launcher"] == "biovfm run" and record["ended"]
@@ -97,10 +103,7 @@ def test_bad_parameter_is_rejected_before_a_kernel_starts(isolated_outputs):
 
 @pytest.mark.slow
 def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
-    proc = run_cli("run", "02_pretrain", "-f", "params/pretrain/smoke.yaml", "-q",
-                   outputs=isolated_outputs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run_dir,) = (isolated_outputs / "runs" / "02_pretrain").iterdir()
+    run_dir = run_notebook("02_pretrain", "params/pretrain/smoke.yaml", isolated_outputs)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["data_source"] == "synthetic"
     train_dir = Path(record["train_dir"])
@@ -113,10 +116,49 @@ def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
     assert "SYNTHETIC" in (run_dir / "02_pretrain.html").read_text()
     assert {"views.png", "training.png"} <= {p.name for p in (run_dir / "figures").iterdir()}
 
-    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke_pretrained.yaml", "-p", "tasks",
-                   "[dermamnist, breastmnist]", "-q", outputs=isolated_outputs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (probe_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
+    probe_dir = run_notebook("03_probe", "params/probe/smoke_pretrained.yaml", isolated_outputs,
+                             "-p", "tasks", "[dermamnist, breastmnist]")
     df = pd.read_parquet(probe_dir / "results.parquet")
     assert df.checkpoint.eq(record["export"]).all() and df.encoder.eq("nano").all()
     assert len(df) == 2 * 5 * 2
+
+    # 04_scaling finds that probe run through the checkpoint's sidecar: one size, no slope
+    scaling_dir = run_notebook("04_scaling", "params/scaling/smoke.yaml", isolated_outputs)
+    slopes = pd.read_parquet(scaling_dir / "slopes.parquet")
+    from_runs = slopes[slopes.source == "runs"]
+    assert set(from_runs.algorithm) == {"dinov2"} and from_runs.slope.isna().all()
+    assert from_runs.note.str.contains("distinct x").all()
+    assert slopes[slopes.source == "reference"].slope.notna().any()
+
+
+SLOPE_COLUMNS = ["source", "algorithm", "task", "metric", "axis", "fit", "slope", "se",
+                 "ci_low", "ci_high", "p_value", "n_points"]
+
+
+@pytest.mark.slow
+def test_scaling_notebook_on_the_reference_table(isolated_outputs):
+    run_dir = run_notebook("04_scaling", "params/scaling/reference.yaml", isolated_outputs)
+    slopes = pd.read_parquet(run_dir / "slopes.parquet")
+    assert list(slopes.columns[:len(SLOPE_COLUMNS)]) == SLOPE_COLUMNS
+    power = slopes[slopes.fit == "power_law"]
+    assert len(power) == 2 * 13 and power.slope.notna().all() and power.n_points.eq(4).all()
+    assert set(slopes.source) == {"reference"}
+    assert (run_dir / "slope_differences.parquet").is_file()
+    assert {"mean_auc.png", "tasks_auc.png", "slopes_auc.png"} <= {
+        p.name for p in (run_dir / "figures").iterdir()}
+
+
+@pytest.mark.slow
+def test_properties_notebook_smoke(isolated_outputs):
+    run_dir = run_notebook("05_task_properties", "params/properties/smoke.yaml",
+                           isolated_outputs)
+    props = pd.read_parquet(run_dir / "task_properties.parquet")
+    assert list(props.columns) == ["task", "n_train", "n_classes", "task_type", "dbi_features",
+                                   "dbi_pixels", "compress_gzip", "compress_png", "entropy"]
+    assert len(props) == 12 and props.drop(columns=["task", "task_type"]).notna().all().all()
+    corr = pd.read_parquet(run_dir / "correlations.parquet")
+    assert list(corr.columns[:8]) == ["algorithm", "property", "method", "r", "p_value",
+                                      "p_adjusted", "ci_low", "ci_high"]
+    assert set(corr.algorithm) == {"dinov2", "mae"} and corr.r.between(-1, 1).all()
+    assert json.loads((run_dir / "run.json").read_text())["data_source"] == "synthetic"
+    assert "SYNTHETIC" in (run_dir / "05_task_properties.html").read_text()

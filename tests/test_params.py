@@ -8,6 +8,8 @@ from biovfm_lib.params import (
     ParamError,
     PretrainParams,
     ProbeParams,
+    PropertiesParams,
+    ScalingParams,
     load_yaml,
     params_for,
 )
@@ -22,7 +24,8 @@ def test_defaults_follow_the_official_protocol():
     assert p.features == "mean_patch" and p.bootstrap == 1000
 
 
-PARAM_FOLDERS = {"probe": ProbeParams, "pretrain": PretrainParams}
+PARAM_FOLDERS = {"probe": ProbeParams, "pretrain": PretrainParams, "scaling": ScalingParams,
+                 "properties": PropertiesParams}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*/*.yaml")),

@@ -13,7 +13,7 @@ from pathlib import Path
 import medmnist
 import numpy as np
 
-from biovfm_lib.data.synthetic import synthetic_info
+from biovfm_lib.data.synthetic import synthetic_info, write_synthetic
 
 SPLITS = ("train", "val", "test")
 
@@ -73,6 +73,17 @@ def check_file(root: str | Path, flag: str, size: int, verify_md5: bool = False)
             raise MedMNISTFileError(f"MD5 mismatch for {path}: got {got}, expected {want} "
                                     "(medmnist.INFO); the file is corrupt or another version")
     return path
+
+
+def prepare_tasks(root: Path, size: int, tasks: list[str], synthetic: bool = False,
+                  scale: float = 0.02, seed: int = 0, verify_md5: bool = False) -> Path:
+    """Check every task's file before any compute starts (writing synthetic ones first when
+    asked), so a missing file costs nothing."""
+    if synthetic:
+        write_synthetic(root, size=size, scale=scale, seed=seed, tasks=tasks)
+    for flag in tasks:
+        check_file(root, flag, size, verify_md5=verify_md5)
+    return root
 
 
 def load_task(flag: str, root: str | Path, size: int = 224, verify_md5: bool = False) -> TaskData:

@@ -20,8 +20,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 
-from biovfm_lib.data.medmnist import SPLITS, TaskData, check_file, load_task
-from biovfm_lib.data.synthetic import write_synthetic
+from biovfm_lib.data.medmnist import SPLITS, TaskData, load_task, prepare_tasks
 from biovfm_lib.data.transforms import AugmentedImages, to_model_input
 from biovfm_lib.models.checkpoints import LoadedEncoder, load_encoder
 from biovfm_lib.models.factory import vit_spec
@@ -70,17 +69,9 @@ def encoder_label(enc: LoadedEncoder, p: ProbeParams) -> str:
 
 
 def prepare_data(p: ProbeParams) -> Path:
-    """The data root, synthesised first when the parameters ask for synthetic data.
-
-    Every task's file is checked before any compute starts, so a missing file costs nothing.
-    """
-    root = resolve(p.data_root)
-    if p.data == "synthetic":
-        write_synthetic(root, size=p.size, scale=p.synthetic_scale, seed=p.synthetic_seed,
-                        tasks=p.tasks)
-    for flag in p.tasks:
-        check_file(root, flag, p.size, verify_md5=p.verify_md5)
-    return root
+    """The data root, every task's file checked (synthesised first if asked)."""
+    return prepare_tasks(resolve(p.data_root), p.size, p.tasks, p.data == "synthetic",
+                         p.synthetic_scale, p.synthetic_seed, p.verify_md5)
 
 
 @dataclass

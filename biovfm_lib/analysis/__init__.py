@@ -1,0 +1,1 @@
+"""Analysis of probe results: reference numbers, scaling slopes, task properties, correlations."""

@@ -1,0 +1,139 @@
+"""The figures of notebooks 04_scaling and 05_task_properties."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import NullFormatter
+
+COLORS = {"dinov2": "tab:blue", "mae": "tab:orange"}
+
+
+def _short(task: str) -> str:
+    return task.replace("mnist", "")
+
+
+def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.Figure:
+    """Mean metric over tasks against size per algorithm; runs solid, reference dashed."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    df = points[(points.metric == metric) & points[x].notna()]
+    for (source, algo), g in df.groupby(["source", "algorithm"]):
+        mean = g.groupby(x).value.mean()
+        ax.plot(mean.index, mean.values, "o-" if source == "runs" else "s--",
+                color=COLORS.get(algo), label=f"{algo} ({source})")
+    ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"mean test {metric}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric: str = "auc",
+                     baseline: pd.DataFrame | None = None) -> plt.Figure:
+    """One panel per task: points, the fitted power law, and a baseline line (BiomedCLIP)."""
+    df = points[(points.metric == metric) & points[x].notna()]
+    tasks = sorted(df.task.unique())
+    if not tasks:
+        return _empty(f"no {metric} points with {x}")
+    cols = 4
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for (source, algo), g in df[df.task == task].groupby(["source", "algorithm"]):
+            g = g.sort_values(x)
+            ax.plot(g[x], g.value, "o" if source == "runs" else "s", color=COLORS.get(algo),
+                    ms=4, label=f"{algo} ({source})")
+            fit = slopes[(slopes.task == task) & (slopes.algorithm == algo)
+                         & (slopes.source == source) & (slopes.fit == "power_law")
+                         & (slopes.metric == metric)]
+            if len(fit) and np.isfinite(fit.slope.iloc[0]):
+                xs = np.geomspace(g[x].min(), g[x].max(), 20)
+                logy = np.polyfit(np.log(g[x]), np.log(g.value), 1)  # same OLS line
+                ax.plot(xs, np.exp(np.polyval(logy, np.log(xs))), "-", color=COLORS.get(algo),
+                        lw=1)
+        if baseline is not None:
+            b = baseline[(baseline.task == task) & (baseline.metric == metric)]
+            if len(b):
+                ax.axhline(b.value.iloc[0], color="grey", ls=":", lw=1, label="BiomedCLIP")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(_short(task), fontsize=9)
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel(x)
+    fig.tight_layout()
+    return fig
+
+
+def _empty(message: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.axis("off")
+    return fig
+
+
+def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law"
+                ) -> plt.Figure:
+    """Slope per task and algorithm with its 95% CI, one panel per source."""
+    df = slopes[(slopes.metric == metric) & (slopes.fit == fit)]
+    sources = sorted(df.source.unique())
+    if not sources:
+        return _empty(f"no {fit} slopes of {metric}")
+    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 3.4), squeeze=False)
+    for ax, source in zip(axes.flat, sources):
+        d = df[df.source == source]
+        tasks = sorted(d.task.unique(), key=lambda t: (t == "mean", t))
+        algos = sorted(d.algorithm.unique())
+        width = 0.8 / max(len(algos), 1)
+        for i, algo in enumerate(algos):
+            a = d[d.algorithm == algo].set_index("task").reindex(tasks)
+            err = np.vstack([a.slope - a.ci_low, a.ci_high - a.slope]).astype(float)
+            ax.bar(np.arange(len(tasks)) + i * width, a.slope, width,
+                   yerr=np.where(np.isfinite(err), err, 0), capsize=2,
+                   color=COLORS.get(algo), label=algo)
+        ax.set_xticks(np.arange(len(tasks)) + width * (len(algos) - 1) / 2,
+                      [_short(t) for t in tasks], rotation=90)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(f"{fit} slope of {metric} ({source})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_correlations(corr: pd.DataFrame, method: str = "pearson") -> plt.Figure:
+    """Correlation of slope with each property, grouped by algorithm, with bootstrap CIs."""
+    d = corr[corr.method == method]
+    props = list(dict.fromkeys(d.property))
+    algos = sorted(d.algorithm.unique())
+    width = 0.8 / max(len(algos), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(props) + 2, 3.4))
+    for i, algo in enumerate(algos):
+        a = d[d.algorithm == algo].set_index("property").reindex(props)
+        err = np.vstack([a.r - a.ci_low, a.ci_high - a.r]).astype(float)
+        ax.bar(np.arange(len(props)) + i * width, a.r, width, color=COLORS.get(algo),
+               yerr=np.where(np.isfinite(err), err, 0), capsize=2, label=algo)
+    ax.set_xticks(np.arange(len(props)) + width * (len(algos) - 1) / 2, props, rotation=30)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel(f"{method} r with scaling slope")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_property_scatter(slopes: pd.DataFrame, props: pd.DataFrame, columns: list[str]
+                          ) -> plt.Figure:
+    """Slope against each property, one point per task and algorithm, labelled."""
+    merged = slopes[slopes.task != "mean"].merge(props, on="task")
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.2), squeeze=False)
+    for ax, col in zip(axes.flat, columns):
+        for algo, g in merged.groupby("algorithm"):
+            ax.scatter(g[col], g.slope, color=COLORS.get(algo), s=14, label=algo)
+            for _, row in g.iterrows():
+                ax.annotate(_short(row.task), (row[col], row.slope), fontsize=6)
+        ax.set_xlabel(col)
+    axes.flat[0].set_ylabel("slope")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

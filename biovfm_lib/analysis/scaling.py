@@ -1,0 +1,276 @@
+"""Scaling slopes: how much a probe metric improves as pretraining scales.
+
+The study summarises each (algorithm, task) curve by one number, the slope of an OLS fit of
+``log(metric)`` on ``log(x)`` (``x`` = total pretraining parameters, images seen, ...). Because
+``log(k * y) = log(k) + log(y)``, that slope is the same whether the metric is a fraction or a
+percentage: only the intercept moves by ``log(100)``. So callers need not normalise ``value``.
+
+A log-log line cannot bend, yet AUCs saturate near 1. :func:`fit_saturating` fits the usual
+error power law with a floor, ``1 - y = a * N**-b + c``, as a check on the study's summary;
+its exponent ``b`` is reported in the same ``slope`` column (with a bootstrap CI), tagged
+``fit="saturating"``. The two slopes have different meanings and signs (power-law slope > 0
+when the metric grows; ``b`` > 0 when the error shrinks) and must not be compared directly.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import optimize
+
+SLOPE_COLUMNS = [
+    "source", "algorithm", "task", "metric", "axis", "fit",
+    "slope", "se", "ci_low", "ci_high", "p_value", "n_points", "note",
+]
+MEAN_TASK = "mean"
+
+
+def _nan_result(n_points: int, note: str, **extra: float) -> dict:
+    """A fit that could not be made: NaNs and the reason, so tables keep one row per curve."""
+    out = {k: np.nan for k in ("slope", "se", "ci_low", "ci_high", "p_value")}
+    return {**out, "n_points": n_points, **extra, "note": note}
+
+
+def _clean(x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Keep finite points with x > 0 and y > 0 (both are logged), saying how many were dropped."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in shape: {x.shape} vs {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    dropped = int((~keep).sum())
+    note = f"dropped {dropped} non-finite or non-positive point(s); " if dropped else ""
+    return x[keep], y[keep], note
+
+
+def fit_power_law(x: Iterable[float], y: Iterable[float], alpha: float = 0.05) -> dict:
+    """The study's fit: OLS of ``log(y)`` on ``log(x)``.
+
+    Returns ``slope, se, ci_low, ci_high, p_value`` (two-sided t test of slope = 0, CI at
+    ``1 - alpha``), ``n_points, intercept, r2`` and a ``note``. Degenerate inputs give NaNs and
+    a note instead of raising, so a whole table of curves can be fitted without special cases:
+    fewer than 2 distinct x leave the slope undefined; exactly 2 points define the slope but
+    leave no residual degrees of freedom, so se/CI/p are NaN.
+    """
+    x, y, note = _clean(x, y)
+    n = len(x)
+    if len(np.unique(x)) < 2:
+        return _nan_result(n, note + "fewer than 2 distinct x values: slope undefined",
+                           intercept=np.nan, r2=np.nan)
+    res = sm.OLS(np.log(y), sm.add_constant(np.log(x))).fit()
+    intercept, slope = (float(v) for v in res.params)
+    if res.df_resid < 1:
+        return {
+            "slope": slope, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan,
+            "n_points": n, "intercept": intercept, "r2": np.nan,
+            "note": note + "2 points: slope exact, no residual df for se/CI/p-value",
+        }
+    ci_low, ci_high = (float(v) for v in res.conf_int(alpha)[1])
+    return {
+        "slope": slope, "se": float(res.bse[1]), "ci_low": ci_low, "ci_high": ci_high,
+        "p_value": float(res.pvalues[1]), "n_points": n, "intercept": intercept,
+        "r2": float(res.rsquared), "note": note.removesuffix("; "),
+    }
+
+
+def _error_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * n ** (-b) + c
+
+
+def _error_law_jac(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    """Analytic Jacobian: about twice as fast as finite differences, which the bootstrap needs."""
+    power = n ** (-b)
+    return np.column_stack([power, -a * power * np.log(n), np.ones_like(n)])
+
+
+def _fit_error_law(n: np.ndarray, err: np.ndarray) -> tuple[float, float, float]:
+    """Bounded least squares for ``err = a * n**-b + c`` with ``a, b > 0``, ``0 <= c < min(err)``.
+
+    ``n`` should be roughly of order 1 (the caller rescales), so that ``a`` and ``b`` stay well
+    conditioned. The start point comes from a log-log line through ``err - c0``.
+    """
+    c_max = float(err.min())
+    c0 = 0.5 * c_max
+    b0, log_a0 = np.polyfit(np.log(n), np.log(err - c0), 1)
+    p0 = [float(np.exp(log_a0)), float(np.clip(-b0, 1e-3, 10.0)), c0]
+    bounds = ([1e-12, 1e-12, 0.0], [np.inf, np.inf, c_max])
+    with warnings.catch_warnings():  # covariance warnings on tiny samples are expected
+        warnings.simplefilter("ignore", optimize.OptimizeWarning)
+        params, _ = optimize.curve_fit(_error_law, n, err, p0=p0, bounds=bounds, jac=_error_law_jac,
+                                        maxfev=20_000)
+    return float(params[0]), float(params[1]), float(params[2])
+
+
+def fit_saturating(
+    x: Iterable[float], y: Iterable[float], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict:
+    """Fit ``1 - y = a * x**-b + c`` (error decays as a power law towards a floor ``c``).
+
+    ``y`` is a score in [0, 1]; if any value exceeds 1 the whole series is taken as percent and
+    divided by 100 (unlike the log-log slope, this fit is not scale-invariant). ``slope`` is the
+    exponent ``b``; its ``se`` and percentile CI come from a bootstrap over checkpoints
+    (points resampled with replacement, refitted; failed or unidentifiable resamples -- fewer
+    than 3 distinct x -- are skipped and ``n_boot_ok`` says how many succeeded). ``p_value`` is
+    NaN: no test is made. Needs at least 4 points (3 parameters plus one residual df).
+    """
+    x, y, note = _clean(x, y)
+    y = y / 100.0 if (y > 1).any() else y
+    err = 1.0 - y
+    n = len(x)
+    extra = {"a": np.nan, "c": np.nan, "n_boot_ok": 0}
+    if n < 4 or len(np.unique(x)) < 3:
+        return _nan_result(n, note + "saturating fit needs >= 4 points at >= 3 distinct x", **extra)
+    if (err <= 0).any():
+        return _nan_result(n, note + "a score of 1 leaves no room for an error floor", **extra)
+    scale = float(np.exp(np.log(x).mean()))  # fit on x / geometric mean for conditioning
+    try:
+        a, b, c = _fit_error_law(x / scale, err)
+    except (RuntimeError, ValueError) as exc:
+        return _nan_result(n, note + f"saturating fit failed: {exc}", **extra)
+
+    rng = np.random.default_rng(seed)
+    cache: dict[tuple[int, ...], float] = {}  # few distinct resamples exist for 4-6 points
+    boot = []
+    for _ in range(n_boot):
+        idx = np.sort(rng.integers(0, n, n))
+        key = tuple(idx.tolist())
+        if key not in cache:
+            cache[key] = np.nan
+            if len(np.unique(x[idx])) >= 3:
+                try:
+                    cache[key] = _fit_error_law(x[idx] / scale, err[idx])[1]
+                except (RuntimeError, ValueError):
+                    pass
+        boot.append(cache[key])
+    boot_b = np.asarray(boot)[np.isfinite(boot)]
+    if len(boot_b) >= 2:
+        se = float(boot_b.std(ddof=1))
+        ci_low, ci_high = (float(v) for v in np.quantile(boot_b, [alpha / 2, 1 - alpha / 2]))
+    else:
+        se = ci_low = ci_high = np.nan
+    note += f"bootstrap: {len(boot_b)}/{n_boot} resamples fitted"
+    return {
+        "slope": b, "se": se, "ci_low": ci_low, "ci_high": ci_high, "p_value": np.nan,
+        "n_points": n, "a": a * scale**b, "c": c, "n_boot_ok": len(boot_b), "note": note,
+    }
+
+
+def task_mean(points: pd.DataFrame, x: str, by: Sequence[str] = ("algorithm", "metric")) -> pd.DataFrame:
+    """Mean ``value`` per (``by``, x) over the tasks measured at *every* (``by``, x) cell.
+
+    Restricting to complete tasks keeps the mean curve from jumping when a task is missing at
+    one size. Repeated points for one task and x (seeds) are averaged first. Returns columns
+    ``by + [x, "value", "n_tasks"]``; empty if no task is complete.
+    """
+    by = list(by)
+    per_task = points.groupby([*by, "task", x], as_index=False)["value"].mean()
+    n_cells = len(per_task[[*by, x]].drop_duplicates())
+    counts = per_task.groupby("task").size()
+    complete = counts.index[counts == n_cells]
+    kept = per_task[per_task["task"].isin(complete)]
+    out = kept.groupby([*by, x], as_index=False)["value"].mean()
+    return out.assign(n_tasks=len(complete))
+
+
+def _usable(points: pd.DataFrame, x: str, metrics: Sequence[str] | None) -> pd.DataFrame:
+    """Rows that can enter a fit: the chosen metrics, with both x and value present."""
+    missing = {"algorithm", "task", "metric", "value", x} - set(points.columns)
+    if missing:
+        raise KeyError(f"points lack column(s) {sorted(missing)}")
+    df = points if metrics is None else points[points["metric"].isin(list(metrics))]
+    return df.dropna(subset=[x, "value"])
+
+
+def scaling_slopes(
+    points: pd.DataFrame,
+    x: str = "params_total_m",
+    axis: str = "model_size",
+    metrics: Sequence[str] | None = None,
+    source: str = "runs",
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """One row per (algorithm, task, metric, fit) with ``fit`` in {"power_law", "saturating"}.
+
+    ``points`` is tidy (``algorithm, task, metric, value`` and the ``x`` column); rows missing x
+    or value (e.g. BiomedCLIP, which has no size) are ignored. Task ``"mean"`` is the fit to the
+    mean over tasks present at every x (see :func:`task_mean`). ``source`` and ``axis`` are
+    labels copied into the table so slopes from runs and from the paper can be stacked.
+    """
+    df = _usable(points, x, metrics)
+    rows = []
+    for (algorithm, metric), group in df.groupby(["algorithm", "metric"], sort=True):
+        curves = [(task, g[x], g["value"], "") for task, g in group.groupby("task", sort=True)]
+        mean = task_mean(group, x)
+        n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
+        curves.append((MEAN_TASK, mean[x], mean["value"], f"mean over {n_tasks} task(s)"))
+        for task, xs, ys, prefix in curves:
+            fits = {
+                "power_law": fit_power_law(xs, ys),
+                "saturating": fit_saturating(xs, ys, n_boot=n_boot),
+            }
+            for fit, res in fits.items():
+                note = "; ".join(s for s in (prefix, res["note"]) if s)
+                rows.append({
+                    "source": source, "algorithm": algorithm, "task": task, "metric": metric,
+                    "axis": axis, "fit": fit, **{k: res[k] for k in SLOPE_COLUMNS[6:12]},
+                    "note": note,
+                })
+    return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
+
+
+def _interaction_test(
+    log_x: np.ndarray, log_y: np.ndarray, is_a: np.ndarray, alpha: float
+) -> dict:
+    """OLS ``log y ~ log x * is_a``: the interaction coefficient is ``slope_a - slope_b``."""
+    design = np.column_stack([np.ones_like(log_x), log_x, is_a, log_x * is_a])
+    res = sm.OLS(log_y, design).fit()
+    ci_low, ci_high = (float(v) for v in res.conf_int(alpha)[3])
+    return {
+        "slope_b": float(res.params[1]), "slope_a": float(res.params[1] + res.params[3]),
+        "diff": float(res.params[3]), "se": float(res.bse[3]), "ci_low": ci_low,
+        "ci_high": ci_high, "p_value": float(res.pvalues[3]),
+    }
+
+
+def compare_algorithms(
+    points: pd.DataFrame,
+    x: str = "params_total_m",
+    a: str = "dinov2",
+    b: str = "mae",
+    metric: str = "auc",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Do algorithms ``a`` and ``b`` scale at different rates? One row per shared task and mean.
+
+    Pools both curves in one OLS of ``log y`` on ``log x``, an indicator for ``a`` and their
+    interaction; the interaction is ``diff = slope_a - slope_b``, reported with its se, CI and
+    t-test p-value. Pooling assumes a common residual variance for the two curves, and with
+    4 sizes per algorithm leaves only 4 residual df, so the test has little power: a large p
+    means "not shown to differ", not "equal". The mean compares both algorithms over the
+    same tasks (those present at every x for both).
+    """
+    columns = ["task", "metric", "a", "b", "slope_a", "slope_b", "diff", "se",
+               "ci_low", "ci_high", "p_value", "n_points", "note"]
+    df = _usable(points, x, [metric])
+    df = df[df["algorithm"].isin([a, b])]
+    shared = sorted(set(df.loc[df["algorithm"] == a, "task"]) & set(df.loc[df["algorithm"] == b, "task"]))
+    curves = [(task, df[df["task"] == task], "") for task in shared]
+    mean = task_mean(df, x)
+    n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
+    curves.append((MEAN_TASK, mean, f"mean over {n_tasks} task(s)"))
+
+    rows = []
+    for task, g, note in curves:
+        row = {"task": task, "metric": metric, "a": a, "b": b, "n_points": len(g)}
+        ok = all(g.loc[g["algorithm"] == algo, x].nunique() >= 2 for algo in (a, b))
+        positive = bool((g[x] > 0).all() and (g["value"] > 0).all())
+        if ok and positive and len(g) > 4:
+            row |= _interaction_test(np.log(g[x].to_numpy(float)), np.log(g["value"].to_numpy(float)),
+                                     (g["algorithm"] == a).to_numpy(float), alpha)
+        else:
+            why = "needs >= 2 distinct x per algorithm, > 4 points and positive x and values"
+            note = "; ".join(s for s in (note, why) if s)
+        rows.append(row | {"note": note})
+    return pd.DataFrame(rows, columns=columns)

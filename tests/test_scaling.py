@@ -1,0 +1,210 @@
+"""Scaling-slope fits checked against independent computations, and the paper's reference table."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from biovfm_lib.analysis.reference import COLUMNS, REFERENCE_CSV, load_reference
+from biovfm_lib.analysis.scaling import (
+    SLOPE_COLUMNS,
+    compare_algorithms,
+    fit_power_law,
+    fit_saturating,
+    scaling_slopes,
+)
+
+TASKS = {
+    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
+}
+
+
+@pytest.fixture(scope="module")
+def ref() -> pd.DataFrame:
+    return load_reference()
+
+
+@pytest.fixture(scope="module")
+def ref_slopes(ref: pd.DataFrame) -> pd.DataFrame:
+    return scaling_slopes(ref, source="reference", n_boot=20)
+
+
+# ----------------------------------------------------------------------------- reference table
+def test_reference_shape(ref: pd.DataFrame) -> None:
+    assert list(ref.columns) == list(COLUMNS)
+    assert len(ref) == 12 * (2 * 4 + 1)
+    assert set(ref["task"]) == TASKS
+    assert ref.groupby("algorithm").size().to_dict() == {"dinov2": 48, "mae": 48, "biomedclip": 12}
+    assert (ref["source"] == "reference").all() and (ref["metric"] == "auc").all()
+    assert not ref.duplicated(["algorithm", "size", "task"]).any()
+    clip = ref[ref["algorithm"] == "biomedclip"]
+    assert clip[["size", "params_total_m", "params_encoder_m"]].isna().all().all()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "size", "task", "value"),
+    [
+        ("dinov2", "tiny", "dermamnist", 89.7), ("dinov2", "large", "bloodmnist", 99.96),
+        ("dinov2", "base", "retinamnist", 83.3), ("dinov2", "small", "octmnist", 98.8),
+        ("mae", "tiny", "octmnist", 81.4), ("mae", "base", "organsmnist", 95.9),
+        ("mae", "large", "chestmnist", 78.6), ("mae", "small", "bloodmnist", 99.48),
+        ("biomedclip", None, "tissuemnist", 87.3), ("biomedclip", None, "bloodmnist", 99.89),
+    ],
+)
+def test_reference_values(ref: pd.DataFrame, algorithm: str, size: str | None, task: str,
+                          value: float) -> None:
+    rows = ref[(ref["algorithm"] == algorithm) & (ref["task"] == task)]
+    rows = rows[rows["size"].isna()] if size is None else rows[rows["size"] == size]
+    assert rows["value"].tolist() == [value]
+
+
+def test_reference_params(ref: pd.DataFrame) -> None:
+    by_size = ref.dropna(subset=["size"]).groupby("size")[["params_total_m", "params_encoder_m"]]
+    assert by_size.nunique().eq(1).all().all()  # one count per size, same for both algorithms
+    first = by_size.first()
+    assert first["params_total_m"].to_dict() == {
+        "tiny": 31.2, "small": 47.4, "base": 111.66, "large": 329.24}
+    assert first["params_encoder_m"].to_dict() == {
+        "tiny": 5.5, "small": 21.7, "base": 85.8, "large": 303.3}
+
+
+def test_reference_malformed(tmp_path) -> None:
+    good = pd.read_csv(REFERENCE_CSV)
+    path = tmp_path / "bad.csv"
+    good.drop(columns="params_total_m").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"bad\.csv.*params_total_m"):
+        load_reference(path)
+    good.assign(value=good["value"].astype(str).replace("89.7", "n/a")).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"bad\.csv.*'value'"):
+        load_reference(path)
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        load_reference(tmp_path / "missing.csv")
+
+
+# ----------------------------------------------------------------------------- power law
+def _polyfit_slope(x: pd.Series, y: pd.Series) -> float:
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def test_power_law_matches_polyfit_on_reference(ref: pd.DataFrame, ref_slopes: pd.DataFrame) -> None:
+    assert list(ref_slopes.columns) == SLOPE_COLUMNS
+    power = ref_slopes[ref_slopes["fit"] == "power_law"].set_index(["algorithm", "task"])
+    sized = ref.dropna(subset=["params_total_m"])
+    assert len(power) == 2 * 13
+    for (algorithm, task), g in sized.groupby(["algorithm", "task"]):
+        expected = _polyfit_slope(g["params_total_m"], g["value"])
+        assert power.loc[(algorithm, task), "slope"] == pytest.approx(expected, rel=1e-9)
+    for algorithm, g in sized.groupby("algorithm"):
+        mean = g.groupby("params_total_m")["value"].mean()  # every task is present at every size
+        expected = _polyfit_slope(mean.index.to_series(), mean)
+        assert power.loc[(algorithm, "mean"), "slope"] == pytest.approx(expected, rel=1e-9)
+        assert "12 task" in power.loc[(algorithm, "mean"), "note"]
+
+
+def test_power_law_is_scale_invariant_in_y() -> None:
+    x, y = [31.2, 47.4, 111.66, 329.24], np.array([0.745, 0.771, 0.780, 0.792])
+    pct, frac = fit_power_law(x, 100 * y), fit_power_law(x, y)
+    assert pct["slope"] == pytest.approx(frac["slope"])
+    assert pct["p_value"] == pytest.approx(frac["p_value"])
+    assert pct["intercept"] - frac["intercept"] == pytest.approx(np.log(100))
+
+
+def test_power_law_se_and_p_match_manual_ols(ref: pd.DataFrame) -> None:
+    g = ref[(ref["algorithm"] == "mae") & (ref["task"] == "chestmnist")]
+    lx, ly = np.log(g["params_total_m"].to_numpy()), np.log(g["value"].to_numpy())
+    n = len(lx)
+    sxx = ((lx - lx.mean()) ** 2).sum()
+    slope = ((lx - lx.mean()) * (ly - ly.mean())).sum() / sxx
+    resid = ly - (ly.mean() + slope * (lx - lx.mean()))
+    se = np.sqrt((resid**2).sum() / (n - 2) / sxx)
+    p = 2 * stats.t.sf(abs(slope / se), n - 2)
+    half = stats.t.ppf(0.975, n - 2) * se
+
+    res = fit_power_law(g["params_total_m"], g["value"])
+    assert res["n_points"] == 4
+    assert res["slope"] == pytest.approx(slope, rel=1e-9)
+    assert res["se"] == pytest.approx(se, rel=1e-9)
+    assert res["p_value"] == pytest.approx(p, rel=1e-9)
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx((slope - half, slope + half), rel=1e-9)
+
+
+def test_power_law_degenerate_inputs(ref: pd.DataFrame) -> None:
+    one = fit_power_law([100.0, 100.0, 100.0], [0.8, 0.85, 0.9])
+    assert np.isnan(one["slope"]) and np.isnan(one["se"]) and "distinct x" in one["note"]
+
+    two = fit_power_law([10.0, 100.0], [0.5, 0.5 * 10**0.1])
+    assert two["slope"] == pytest.approx(0.1)
+    assert np.isnan(two["se"]) and np.isnan(two["p_value"]) and "2 points" in two["note"]
+
+    base_only = scaling_slopes(ref[ref["size"] == "base"], n_boot=10)
+    assert len(base_only) == 2 * 13 * 2
+    assert base_only["slope"].isna().all() and base_only["note"].str.len().gt(0).all()
+
+
+# ----------------------------------------------------------------------------- saturating fit
+def test_saturating_recovers_noiseless_parameters() -> None:
+    x = np.logspace(1, 4, 8)
+    y = 1 - (2.0 * x**-0.5 + 0.05)
+    res = fit_saturating(x, y, n_boot=50)
+    assert res["slope"] == pytest.approx(0.5, rel=1e-4)
+    assert res["a"] == pytest.approx(2.0, rel=1e-3)
+    assert res["c"] == pytest.approx(0.05, abs=1e-5)
+    assert fit_saturating(x, 100 * y, n_boot=50)["slope"] == pytest.approx(res["slope"], rel=1e-6)
+
+
+def test_saturating_bootstrap_ci_covers_truth() -> None:
+    rng = np.random.default_rng(1)
+    x = np.repeat(np.logspace(1, 4, 6), 2)
+    y = 1 - (2.0 * x**-0.5 + 0.05) + rng.normal(0, 0.005, x.size)
+    res = fit_saturating(x, y, n_boot=300, seed=0)
+    assert res["ci_low"] < 0.5 < res["ci_high"]
+    assert res["ci_high"] - res["ci_low"] < 0.5  # informative, not just wide
+    assert res["n_boot_ok"] > 250 and f"{res['n_boot_ok']}/300" in res["note"]
+
+
+def test_saturating_needs_four_points() -> None:
+    res = fit_saturating([10.0, 100.0, 1000.0], [0.7, 0.8, 0.85])
+    assert np.isnan(res["slope"]) and ">= 4 points" in res["note"]
+
+
+# ----------------------------------------------------------------------------- algorithm contrast
+def _two_algorithms(rng: np.random.Generator, task: str, slope_a: float,
+                    slope_b: float) -> pd.DataFrame:
+    x = np.repeat([31.2, 47.4, 111.66, 329.24], 2)  # 4 sizes x 2 seeds per algorithm
+    rows = []
+    for algorithm, slope, icpt in (("dinov2", slope_a, -0.3), ("mae", slope_b, -0.5)):
+        y = np.exp(icpt + slope * np.log(x) + rng.normal(0, 0.01, x.size))
+        rows.append(pd.DataFrame({"algorithm": algorithm, "task": task, "metric": "auc",
+                                  "value": y, "params_total_m": x}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_interaction_detects_planted_difference_only() -> None:
+    """Many simulated tasks in one table: each gets its own test."""
+    rng = np.random.default_rng(0)
+    points = pd.concat(
+        [_two_algorithms(rng, f"planted{i}", 0.05, 0.01) for i in range(100)]
+        + [_two_algorithms(rng, f"null{i}", 0.03, 0.03) for i in range(300)],
+        ignore_index=True,
+    )
+    out = compare_algorithms(points).set_index("task").drop(index="mean")
+    planted = out[out.index.str.startswith("planted")]
+    null = out[out.index.str.startswith("null")]
+    assert (planted["p_value"] < 0.05).mean() > 0.95
+    assert 0.01 < (null["p_value"] < 0.05).mean() < 0.10  # nominal 5% false-positive rate
+    assert np.allclose(planted["diff"], planted["slope_a"] - planted["slope_b"])
+    covered = (planted["ci_low"] < 0.04) & (0.04 < planted["ci_high"])
+    assert 0.88 < covered.mean() <= 1.0  # nominal 95% coverage of the planted difference
+
+
+def test_compare_on_reference_matches_separate_fits(ref: pd.DataFrame,
+                                                    ref_slopes: pd.DataFrame) -> None:
+    out = compare_algorithms(ref, "params_total_m").set_index("task")
+    assert set(out.index) == TASKS | {"mean"}
+    power = ref_slopes[ref_slopes["fit"] == "power_law"].set_index(["algorithm", "task"])["slope"]
+    for task, row in out.iterrows():
+        assert row["slope_a"] == pytest.approx(power[("dinov2", task)], rel=1e-9)
+        assert row["slope_b"] == pytest.approx(power[("mae", task)], rel=1e-9)
+        assert 0 <= row["p_value"] <= 1
