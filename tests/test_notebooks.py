@@ -128,6 +128,9 @@ def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
     from_runs = slopes[slopes.source == "runs"]
     assert set(from_runs.algorithm) == {"dinov2"} and from_runs.slope.isna().all()
     assert from_runs.note.str.contains("distinct x").all()
+    assert set(from_runs.axis) == {"model_size", "data_size:nano"}
+    assert {"subsets_auc.png", "slopes_auc_data_size_nano.png"} <= {
+        p.name for p in (scaling_dir / "figures").iterdir()}
     assert slopes[slopes.source == "reference"].slope.notna().any()
 
 

@@ -10,9 +10,11 @@ from biovfm_lib.analysis.reference import COLUMNS, REFERENCE_CSV, load_reference
 from biovfm_lib.analysis.scaling import (
     SLOPE_COLUMNS,
     compare_algorithms,
+    data_scaling_slopes,
     fit_power_law,
     fit_saturating,
     scaling_slopes,
+    subset_table,
 )
 
 TASKS = {
@@ -208,3 +210,24 @@ def test_compare_on_reference_matches_separate_fits(ref: pd.DataFrame,
         assert row["slope_a"] == pytest.approx(power[("dinov2", task)], rel=1e-9)
         assert row["slope_b"] == pytest.approx(power[("mae", task)], rel=1e-9)
         assert 0 <= row["p_value"] <= 1
+
+
+def test_data_scaling_fits_each_model_size_on_its_own():
+    rng = np.random.default_rng(0)
+    rows = []
+    for size, slope in (("small", 0.02), ("base", 0.05)):
+        for seen in (1e5, 1e6, 1e7):
+            for task in ("pathmnist", "dermamnist"):
+                rows.append({"algorithm": "dinov2", "size": size, "task": task, "metric": "auc",
+                             "value": 0.5 * seen ** slope * (1 + 1e-3 * rng.standard_normal()),
+                             "images_seen": seen, "data_subset": '{"fraction": 1.0}'})
+    points = pd.DataFrame(rows)
+    slopes = data_scaling_slopes(points, n_boot=0).query("fit == 'power_law'")
+    assert set(slopes.axis) == {"data_size:small", "data_size:base"}
+    for size in ("small", "base"):
+        g = points[(points["size"] == size) & (points.task == "pathmnist")]
+        expected = np.polyfit(np.log(g.images_seen), np.log(g.value), 1)[0]
+        got = slopes[(slopes.axis == f"data_size:{size}") & (slopes.task == "pathmnist")]
+        assert got.slope.item() == pytest.approx(expected)
+    table = subset_table(points)
+    assert table.shape == (2, 1) and table.notna().all().all()

@@ -46,7 +46,7 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
                     ms=4, label=f"{algo} ({source})")
             fit = slopes[(slopes.task == task) & (slopes.algorithm == algo)
                          & (slopes.source == source) & (slopes.fit == "power_law")
-                         & (slopes.metric == metric)]
+                         & (slopes.metric == metric) & (slopes.axis == "model_size")]
             if len(fit) and np.isfinite(fit.slope.iloc[0]):
                 xs = np.geomspace(g[x].min(), g[x].max(), 20)
                 logy = np.polyfit(np.log(g[x]), np.log(g.value), 1)  # same OLS line
@@ -74,10 +74,10 @@ def _empty(message: str) -> plt.Figure:
     return fig
 
 
-def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law"
-                ) -> plt.Figure:
+def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law",
+                axis: str = "model_size") -> plt.Figure:
     """Slope per task and algorithm with its 95% CI, one panel per source."""
-    df = slopes[(slopes.metric == metric) & (slopes.fit == fit)]
+    df = slopes[(slopes.metric == metric) & (slopes.fit == fit) & (slopes.axis == axis)]
     sources = sorted(df.source.unique())
     if not sources:
         return _empty(f"no {fit} slopes of {metric}")
@@ -135,5 +135,18 @@ def plot_property_scatter(slopes: pd.DataFrame, props: pd.DataFrame, columns: li
         ax.set_xlabel(col)
     axes.flat[0].set_ylabel("slope")
     axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_subsets(table: pd.DataFrame, metric: str = "auc") -> plt.Figure:
+    """Mean metric per (algorithm, size) for each data subset: the modality comparison."""
+    if table.empty:
+        return _empty("no runs to compare")
+    fig, ax = plt.subplots(figsize=(1.2 * len(table) + 3, 3.4))
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_xticklabels([f"{a}\n{s}" for a, s in table.index], fontsize=8)
+    ax.set_ylabel(f"mean test {metric}")
+    ax.legend(title="data subset", fontsize=6, title_fontsize=7)
     fig.tight_layout()
     return fig

@@ -274,3 +274,24 @@ def compare_algorithms(
             note = "; ".join(s for s in (note, why) if s)
         rows.append(row | {"note": note})
     return pd.DataFrame(rows, columns=columns)
+
+
+def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = None,
+                        source: str = "runs", n_boot: int = 1000) -> pd.DataFrame:
+    """Slopes against data size (images seen), one model size at a time.
+
+    Mixing model sizes would confound the two axes, so each size gets its own fits, labelled
+    ``axis = "data_size:<size>"``; sizes with a single data size report why they have no slope.
+    """
+    frames = [scaling_slopes(g, x="images_seen", axis=f"data_size:{size}", metrics=metrics,
+                             source=source, n_boot=n_boot)
+              for size, g in points.groupby("size", sort=True)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=SLOPE_COLUMNS)
+
+
+def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Mean test metric over tasks per algorithm and model size (rows) and data subset
+    (columns): modality subsets and data fractions side by side, as the study compares them."""
+    df = points[points.metric == metric]
+    return df.groupby(["algorithm", "size", "data_subset"]).value.mean().unstack("data_subset")
