@@ -22,8 +22,10 @@ NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "images_
 
 def sidecar(checkpoint: str) -> dict:
     """The JSON sidecar of an exported backbone, or {} for other checkpoints."""
+    if not checkpoint:  # a random-initialisation baseline
+        return {}
     path = Path(checkpoint).with_suffix(".json")
-    return json.loads(path.read_text()) if checkpoint and path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
