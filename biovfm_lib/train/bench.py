@@ -15,6 +15,7 @@ import torch
 from biovfm_lib.params import PretrainParams
 from biovfm_lib.runs import record_benchmark
 from biovfm_lib.train.config import TrainConfig
+from biovfm_lib.train.distributed import DistEnv, prepare_model
 from biovfm_lib.train.loop import build_method, train_step
 from biovfm_lib.train.meter import peak_flops
 
@@ -46,25 +47,21 @@ def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int 
                       out_dir="", params=p.as_dict())
     bf16 = dev.type == "cuda"
     method, _ = build_method(cfg, batch_size, warmup + steps)
-    method.to(dev)
-    for vit in (m for m in method.modules() if hasattr(m, "set_grad_checkpointing")):
-        if activation_checkpointing:
-            vit.set_grad_checkpointing(True)
-        if compile_blocks:
-            for block in vit.blocks:
-                block.compile()
+    # the training loop's own preparation, alone (no process group: nothing is wrapped)
+    model = prepare_model(method, "ddp", DistEnv(0, 0, 1, dev), activation_checkpointing,
+                          compile_blocks, bf16)
     opt = torch.optim.AdamW(method.param_groups(), lr=0.0, betas=method.betas,
                             fused=dev.type == "cuda")
     batch = {k: v.to(dev) for k, v in
              method.collate(synthetic_samples(cfg, batch_size)).items()}
     for step in range(warmup):
-        train_step(method, method, opt, batch, step, bf16)
+        train_step(model, method, opt, batch, step, bf16)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        train_step(method, method, opt, batch, step, bf16)
+        train_step(model, method, opt, batch, step, bf16)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
