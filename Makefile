@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lab bench clean-venv
+.PHONY: help demo test lab bench chromium clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -17,20 +17,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name biovfm --display-name "BioVFM (.venv)"
 	touch $(STAMP)
 
-demo: $(STAMP) ## run the workbook at smoke scale on synthetic data (CPU, minutes)
+demo: $(STAMP) ## the workbook at smoke scale (CPU, minutes): corpus, smoke grid, report index
 	$(BIN)/biovfm data synth --root outputs/data/synthetic --size 28 --scale 0.02
-	$(BIN)/biovfm run 02_pretrain -f params/pretrain/smoke.yaml
-	$(BIN)/biovfm run 03_probe -f params/probe/smoke.yaml
-	$(BIN)/biovfm run 03_probe -f params/probe/smoke_pretrained.yaml
-	$(BIN)/biovfm run 04_scaling -f params/scaling/smoke.yaml
-	$(BIN)/biovfm run 05_task_properties -f params/properties/smoke.yaml
-	@echo "reports: outputs/runs/*/*/*.html"
+	$(BIN)/biovfm run 01_curation -f params/curation/demo.yaml
+	$(BIN)/biovfm grid params/grids/smoke.yaml
+	$(BIN)/biovfm report
 
-test: $(STAMP) ## run the test suite
+test: $(STAMP) chromium ## run the test suite
 	$(BIN)/python -m pytest
 
+chromium: ## install Debian's chromium for the browser test if absent (as root; never fails)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "chromium: absent and not installable here (needs root and apt-get);" \
+	       "tests/test_lab_browser.py will skip"; \
+	else \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+	    || echo "chromium: apt-get install failed; tests/test_lab_browser.py will skip"; \
+	fi
+
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project kernel
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: $(STAMP) ## feature-extraction throughput (ViT-B at 224 px; bf16 on a GPU)
 	$(BIN)/biovfm bench probe --encoder base --size 224

@@ -1,4 +1,4 @@
-"""The ``biovfm`` command: notebook runs, data tools and benchmarks."""
+"""The ``biovfm`` command: notebook runs, grids, reports, data tools and benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -30,31 +30,88 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from biovfm_lib.grid import load_grid
+
+    grid = load_grid(args.file)
+    if args.dry_run and not args.slurm:
+        from biovfm_lib.grid.plan import describe
+
+        print(describe(grid, force=args.force, only=args.points))
+        return 0
+    if args.slurm:
+        from biovfm_lib.grid.slurm import submit
+
+        submit(grid, force=args.force, only=args.points, dry_run=args.dry_run)
+        return 0
+    from biovfm_lib.grid.runner import run_grid
+
+    summary = run_grid(grid, force=args.force, jobs=args.jobs, gpu_sets=args.gpus,
+                       only=args.points, points=not args.analysis_only)
+    print(summary.text())
+    return summary.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from biovfm_lib.reports import build_index
+
+    print(f"index: {build_index()}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from biovfm_lib.data.synthetic import write_synthetic
+    from biovfm_lib.runs import resolve
 
-    paths = write_synthetic(args.root, size=args.size, scale=args.scale, seed=args.seed,
-                            tasks=args.tasks, progress=True)
-    print(f"synthetic MedMNIST-format files ({len(paths)}) in {args.root}")
+    paths = write_synthetic(resolve(args.root), size=args.size, scale=args.scale,
+                            seed=args.seed, tasks=args.tasks, progress=True)
+    print(f"synthetic MedMNIST-format files ({len(paths)}) in {resolve(args.root)}")
     return 0
 
 
 def cmd_medmnist(args: argparse.Namespace) -> int:
     from biovfm_lib.data import medmnist as mm
+    from biovfm_lib.runs import resolve
 
+    root = resolve(args.root)
     if args.download:
-        paths = mm.download(args.root, args.size, args.tasks)
-        print(f"downloaded and verified {len(paths)} files in {args.root}")
+        paths = mm.download(root, args.size, args.tasks)
+        print(f"downloaded and verified {len(paths)} files in {root}")
         return 0
     missing = 0
     for flag in args.tasks:
         try:
-            path = mm.check_file(args.root, flag, args.size, verify_md5=args.verify)
+            path = mm.check_file(root, flag, args.size, verify_md5=args.verify)
             print(f"ok       {path}")
         except mm.MedMNISTFileError as err:
             missing += 1
             print(f"missing  {err}")
     return 1 if missing else 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from biovfm_lib.curation.pipeline import curate_params
+    from biovfm_lib.params import CurationParams
+
+    values = {k: _parse_value(v) for k, v in args.parameters}
+    values.update(sources=args.sources, out=args.out)
+    result = curate_params(CurationParams.validate_mapping(values), progress=not args.quiet)
+    print(result.summary.to_string(index=False))
+    rate = result.images_per_second_per_core
+    print(f"corpus: {len(result.manifest)} images in {result.out_dir} "
+          f"({len(result.rejects)} rejects, {len(result.duplicates)} duplicates removed; "
+          f"parts done {result.parts_done}, already done {result.parts_skipped}"
+          + (f"; {rate:.0f} images/s per core" if rate else "") + ")")
+    if result.skipped_sources:
+        print(f"sources without a root (not downloaded here): {len(result.skipped_sources)}")
+    return 0
+
+
+def cmd_bench_curate(args: argparse.Namespace) -> int:
+    from biovfm_lib.curation.bench import bench_curate
+
+    bench_curate(images=args.images, size=args.size, short_side=args.short_side)
+    return 0
 
 
 def cmd_bench_probe(args: argparse.Namespace) -> int:
@@ -87,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")
     run.set_defaults(func=cmd_run)
 
+    grid = sub.add_parser("grid", help="run a scaling grid (params/grids/*.yaml): every "
+                          "point's notebooks, then the analysis; finished points are skipped")
+    grid.add_argument("file", help="grid file, e.g. params/grids/smoke.yaml")
+    grid.add_argument("--dry-run", action="store_true", help="list the points and what would run")
+    grid.add_argument("--force", action="store_true", help="rerun finished points and analysis")
+    grid.add_argument("--jobs", type=int, default=1, help="points side by side (CPU)")
+    grid.add_argument("--gpus", nargs="+", default=[], metavar="SET",
+                      help="GPU sets, e.g. 0,1 2,3: one point at a time on each")
+    grid.add_argument("--slurm", action="store_true", help="submit each point as a Slurm job")
+    grid.add_argument("--points", nargs="+", default=[], metavar="ID",
+                      help="only these points (id or slug); the analysis is not run")
+    grid.add_argument("--analysis-only", action="store_true",
+                      help="run only the analysis over the points completed so far")
+    grid.set_defaults(func=cmd_grid)
+
+    report = sub.add_parser("report", help="build outputs/index.html over all runs and grids")
+    report.set_defaults(func=cmd_report)
+
     data = sub.add_parser("data", help="MedMNIST data tools").add_subparsers(
         dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic MedMNIST-format files")
@@ -108,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--verify", action="store_true", help="check MD5 against medmnist.INFO")
     mm.set_defaults(func=cmd_medmnist)
 
+    cur = sub.add_parser("curate", help="curate raw image sources into a sharded corpus")
+    cur.add_argument("sources", help="the sources registry (YAML), e.g. "
+                                     "params/curation/demo_sources.yaml")
+    cur.add_argument("--out", required=True, help="the corpus folder (a rerun resumes it)")
+    cur.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
+                     metavar=("KEY", "VALUE"),
+                     help="a 01_curation parameter, e.g. -p short_side 224 -p workers 8")
+    cur.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    cur.set_defaults(func=cmd_curate)
+
     bench = sub.add_parser("bench", help="benchmarks (print and write outputs/bench/)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bp = bench_sub.add_parser("probe", help="feature-extraction throughput of one encoder")
@@ -118,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--batch-size", type=int, default=256)
     bp.add_argument("--device", default="auto")
     bp.set_defaults(func=cmd_bench_probe)
+    bc = bench_sub.add_parser("curate", help="curation images/s per core (DICOM, PNG) and "
+                                             "shard read throughput")
+    bc.add_argument("--images", type=int, default=400, help="images per input format")
+    bc.add_argument("--size", type=int, default=512, help="side of the generated raw images")
+    bc.add_argument("--short-side", type=int, default=256, help="the corpus image size")
+    bc.set_defaults(func=cmd_bench_curate)
     bt = bench_sub.add_parser("pretrain", help="SSL training throughput and MFU of one device")
     bt.add_argument("--algo", choices=["dinov2", "mae"], default="mae")
     bt.add_argument("--size", default="large", help="nano, tiny, small, base, large, huge")

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -158,8 +159,9 @@ class PretrainParams(NotebookParams):
     algorithm: Literal["dinov2", "mae"] = "dinov2"
     encoder: EncoderSize = "base"
     patch_size: int = Field(0, ge=0)  # 0: the recipe's patch (DINOv2 14, MAE 16)
-    # data: MedMNIST-format train images (real or synthetic) or a folder of images
-    data: Literal["medmnist", "synthetic", "folder"] = "medmnist"
+    # data: MedMNIST-format train images (real or synthetic), a folder of images, or a corpus
+    # that `biovfm curate` wrote (data_root = its folder; corpus_subset = one of its subsets)
+    data: Literal["medmnist", "synthetic", "folder", "corpus"] = "medmnist"
     data_root: str = "outputs/data/medmnist"
     data_size: MedMNISTSize = 224  # which MedMNIST file size to read
     tasks: Tasks = ALL_TASKS
@@ -168,6 +170,7 @@ class PretrainParams(NotebookParams):
     data_fraction: float = Field(1.0, gt=0, le=1)  # nested subsets: smaller inside larger
     data_count: int = Field(0, ge=0)  # absolute subset size instead of a fraction (0: unused)
     modalities: list[str] = Field(default_factory=list)  # empty: all modalities
+    corpus_subset: str = ""  # a named subset of a curated corpus (empty: all of it)
     # crops
     img_size: int = Field(224, ge=8)  # DINOv2 global crops / MAE input
     local_size: int = Field(98, ge=4)
@@ -180,6 +183,9 @@ class PretrainParams(NotebookParams):
     seed: int = Field(0, ge=0)
     # engine
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # where DINOv2's colour jitter, greyscale, blur and solarisation run (crops stay in the
+    # loader): auto = on the training device when it is a GPU, in the loader on CPU
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP for large and huge
     activation_checkpointing: bool = False
     compile: bool = False
@@ -243,7 +249,35 @@ class PropertiesParams(NotebookParams):
     device: str = "auto"
 
 
+class CurationParams(NotebookParams):
+    """Parameters of notebooks/01_curation (and of ``biovfm curate``): one corpus."""
+
+    sources: str = "params/curation/demo_sources.yaml"  # the registry of sources to curate
+    out: str = "outputs/corpus/demo"  # the corpus folder (rerunning resumes into it)
+    short_side: int = Field(256, ge=8)  # images are resized so their shorter side is this
+    min_size: int = Field(32, ge=1)  # frames with a shorter side below this are rejected
+    image_format: Literal["png", "jpeg"] = "png"  # in the shards: lossless or GPU-decodable
+    near_distance: int = Field(4, ge=-1, le=32)  # pHash bits for near duplicates (-1: off)
+    subsets: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name: select_subset args
+    workers: int = Field(0, ge=0)  # processes (0: every core)
+    files_per_part: int = Field(64, ge=1)  # raw files per unit of resumable work
+    shard_images: int = Field(5000, ge=1)  # images per output shard
+    clean_staging: bool = False  # delete the resume state once the corpus is written
+    samples_per_modality: int = Field(8, ge=1)  # images per modality in the sample grid
+
+    @field_validator("subsets")
+    @classmethod
+    def _subset_keys(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        allowed = {"fraction", "count", "modalities", "seed"}
+        bad = {name: sorted(set(spec) - allowed) for name, spec in value.items()
+               if set(spec) - allowed}
+        if bad:
+            raise ValueError(f"unknown subset keys {bad}; allowed: {sorted(allowed)}")
+        return value
+
+
 PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {
+    "01_curation": CurationParams,
     "02_pretrain": PretrainParams, "03_probe": ProbeParams, "04_scaling": ScalingParams,
     "05_task_properties": PropertiesParams}
 

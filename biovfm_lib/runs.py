@@ -277,12 +277,11 @@ def execute(notebook: str | Path, params_file: str | Path | None = None,
 
 
 def render_html(notebook_file: Path) -> Path:
-    """Render an executed notebook to a standalone HTML report beside it."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """Render an executed notebook to a standalone HTML report beside it (provenance header,
+    code folded, figures inline: see :mod:`biovfm_lib.reports`)."""
+    from biovfm_lib.reports import render_notebook
 
-    nb = nbformat.read(notebook_file, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    body = render_notebook(notebook_file)
     return atomic_write_bytes(notebook_file.with_suffix(".html"), body.encode(), overwrite=True)
 
 

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from biovfm_lib.curation.bench import bench_curate
 from biovfm_lib.probe.bench import bench_probe
 from biovfm_lib.train.bench import bench_pretrain
 
@@ -23,3 +24,14 @@ def test_pretrain_benchmark_records_step_time(isolated_outputs, algorithm):
     stored = json.loads(path.read_text())
     assert stored["step_s"] > 0 and stored["mfu"] is None  # no known peak for a CPU
     assert stored["model_tflops_per_s"] == result["model_tflops_per_s"]
+
+
+def test_curate_benchmark_records_rates_and_compares_with_pretraining(isolated_outputs,
+                                                                        capsys):
+    bench_pretrain("mae", "nano", batch_size=4, steps=2, warmup=1, img_size=28, device="cpu")
+    result = bench_curate(images=6, size=96, short_side=48)
+    (path,) = (isolated_outputs / "bench").glob("curate_*.json")
+    stored = json.loads(path.read_text())
+    rates = [k for k in stored if k.endswith(("_per_s", "_per_s_per_core"))]
+    assert len(rates) == 4 and all(stored[k] == result[k] > 0 for k in rates)
+    assert "pretraining mae nano 28 px on cpu" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 import json
 
 import pandas as pd
+import pytest
 
-from biovfm_lib.analysis.inputs import POINT_COLUMNS, probe_points
+from biovfm_lib.analysis.inputs import POINT_COLUMNS, probe_points, subset_labels
 
 
 def test_points_join_sidecars_and_skip_random_baselines(tmp_path):
@@ -11,7 +12,8 @@ def test_points_join_sidecars_and_skip_random_baselines(tmp_path):
     ckpt.write_bytes(b"")
     ckpt.with_suffix(".json").write_text(json.dumps({
         "algorithm": "mae", "size": "small", "n_params": 21_700_000, "images_seen": 1000,
-        "data_subset": {"fraction": 0.5}}))
+        "n_train_images": 250,
+        "data_subset": {"fraction": 0.5, "count": None, "modalities": ["mri", "ct"]}}))
     rows = [{"run_id": r, "notebook": "03_probe", "status": "completed", "encoder": "small",
              "checkpoint": c, "task": "dermamnist", "split": split, "metric": "auc",
              "value": v, "data_source": "synthetic"}
@@ -22,4 +24,46 @@ def test_points_join_sidecars_and_skip_random_baselines(tmp_path):
     row = points.iloc[0]
     assert (row.algorithm, row["size"], row.value, row.images_seen) == ("mae", "small", 0.8, 1000)
     assert row.params_encoder_m == 21.7 and row.data_source == "synthetic"
+    assert (row.n_train_images, row.data_subset, row.modality_subset) == (250, "f0.5", "ct+mri")
     assert probe_points(pd.DataFrame(rows[2:])).empty  # the random baseline alone
+
+
+@pytest.mark.parametrize(("record", "labels"), [
+    # what biovfm_lib.train.config.resolve_config writes for the default parameters
+    ({"fraction": 1.0, "count": None, "modalities": None}, ("full", "all")),
+    ({"fraction": 0.25, "count": None, "modalities": None}, ("f0.25", "all")),
+    ({"fraction": 1.0, "count": 5000, "modalities": ["us"]}, ("n5000", "us")),
+    (None, ("unknown", "unknown")),  # a sidecar that does not say
+])
+def test_subset_labels(record, labels):
+    assert subset_labels(record) == labels
+
+
+def _export(root, run: str, subset_name: str, definition: dict | None, **run_subset) -> str:
+    """An exported backbone whose sidecar drew from a named corpus subset, recording its
+    definition as biovfm_lib.train does (or, like an old sidecar, only its name)."""
+    (root / run / "export").mkdir(parents=True)
+    ckpt = root / run / "export" / "backbone.safetensors"
+    ckpt.write_bytes(b"")
+    named = subset_name if definition is None else {"name": subset_name, **definition}
+    record = {"fraction": 1.0, "count": None, "modalities": None, **run_subset,
+              "corpus_subsets": {"demo": named}}
+    ckpt.with_suffix(".json").write_text(json.dumps({
+        "algorithm": "dinov2", "size": "nano", "n_params": 1_000_000, "data_subset": record}))
+    return str(ckpt)
+
+
+def test_named_corpus_subsets_compose_with_the_run_subset(tmp_path):
+    runs = {
+        "a": _export(tmp_path, "a", "tenth", {"fraction": 0.1, "images": 10}, fraction=0.5),
+        "b": _export(tmp_path, "b", "us", {"modalities": ["ultrasound"], "images": 30},
+                     modalities=["ultrasound", "ct"]),
+        "c": _export(tmp_path, "c", "gone", None),  # a sidecar that kept only the name
+    }
+    rows = [{"run_id": r, "notebook": "03_probe", "status": "completed", "encoder": "nano",
+             "checkpoint": c, "task": "dermamnist", "split": "test", "metric": "auc",
+             "value": 0.7, "data_source": "synthetic"} for r, c in runs.items()]
+    points = probe_points(pd.DataFrame(rows)).set_index("run_id")
+    assert points.loc["a", ["data_subset", "modality_subset"]].tolist() == ["f0.5 of f0.1", "all"]
+    assert points.loc["b", ["data_subset", "modality_subset"]].tolist() == ["full", "ultrasound"]
+    assert points.loc["c", ["data_subset", "modality_subset"]].tolist() == ["unknown:gone"] * 2

@@ -102,10 +102,26 @@ def test_bad_parameter_is_rejected_before_a_kernel_starts(isolated_outputs):
 
 
 @pytest.mark.slow
-def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
+def test_demo_chain_curates_pretrains_and_probes(isolated_outputs):
+    """01 -> 02 -> 03: the corpus pretraining reads is the one curation wrote, and the probe
+    finds the exported backbone (tests/test_grid.py runs 02 -> 03 -> 04 -> 05 as a grid)."""
+    synth = run_cli("data", "synth", "--root", "outputs/data/synthetic", "--size", "28",
+                    "--scale", "0.02", outputs=isolated_outputs)
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    curation_dir = run_notebook("01_curation", "params/curation/demo.yaml", isolated_outputs)
+    corpus = isolated_outputs / "corpus" / "demo"
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    summary = json.loads((curation_dir / "corpus.json").read_text())
+    assert summary["images"] == len(manifest) > 2000
+    assert summary["subsets"]["ultrasound"]["images"] == (manifest.modality == "ultrasound").sum()
+    assert {"mr", "fundus", "microscopy", "x-ray"} <= set(manifest.modality)  # real + synthetic
+    assert {"study_composition.png", "survival.png", "rejects.png", "samples_by_modality.png",
+            "subsets.png"} <= {p.name for p in (curation_dir / "figures").iterdir()}
+    assert pd.read_parquet(corpus / "rejects.parquet").reason.eq("not_an_image").any()
+
     run_dir = run_notebook("02_pretrain", "params/pretrain/smoke.yaml", isolated_outputs)
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "completed" and record["data_source"] == "synthetic"
+    assert record["status"] == "completed" and record["data_source"] == "mixed"
     train_dir = Path(record["train_dir"])
     assert train_dir == isolated_outputs / "pretrain" / "smoke-dinov2-nano"
     log = pd.read_json(train_dir / "log.jsonl", lines=True)
@@ -113,7 +129,7 @@ def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
     sidecar = json.loads((train_dir / "export" / "backbone.json").read_text())
     model = timm.create_model(sidecar["timm_name"], **sidecar["timm_kwargs"])
     model.load_state_dict(load_file(record["export"]))  # strict
-    assert "SYNTHETIC" in (run_dir / "02_pretrain.html").read_text()
+    assert "curated corpus" in (run_dir / "02_pretrain.html").read_text()
     assert {"views.png", "training.png"} <= {p.name for p in (run_dir / "figures").iterdir()}
 
     probe_dir = run_notebook("03_probe", "params/probe/smoke_pretrained.yaml", isolated_outputs,
@@ -121,17 +137,6 @@ def test_pretrain_notebook_exports_a_backbone_that_probes(isolated_outputs):
     df = pd.read_parquet(probe_dir / "results.parquet")
     assert df.checkpoint.eq(record["export"]).all() and df.encoder.eq("nano").all()
     assert len(df) == 2 * 5 * 2
-
-    # 04_scaling finds that probe run through the checkpoint's sidecar: one size, no slope
-    scaling_dir = run_notebook("04_scaling", "params/scaling/smoke.yaml", isolated_outputs)
-    slopes = pd.read_parquet(scaling_dir / "slopes.parquet")
-    from_runs = slopes[slopes.source == "runs"]
-    assert set(from_runs.algorithm) == {"dinov2"} and from_runs.slope.isna().all()
-    assert from_runs.note.str.contains("distinct x").all()
-    assert set(from_runs.axis) == {"model_size", "data_size:nano"}
-    assert {"subsets_auc.png", "slopes_auc_data_size_nano.png"} <= {
-        p.name for p in (scaling_dir / "figures").iterdir()}
-    assert slopes[slopes.source == "reference"].slope.notna().any()
 
 
 SLOPE_COLUMNS = ["source", "algorithm", "task", "metric", "axis", "fit", "slope", "se",

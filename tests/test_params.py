@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from biovfm_lib.curation.sources import load_sources
 from biovfm_lib.params import (
     MEDMNIST_2D_TASKS,
+    CurationParams,
     ParamError,
     PretrainParams,
     ProbeParams,
@@ -25,13 +27,19 @@ def test_defaults_follow_the_official_protocol():
 
 
 PARAM_FOLDERS = {"probe": ProbeParams, "pretrain": PretrainParams, "scaling": ScalingParams,
-                 "properties": PropertiesParams}
+                 "properties": PropertiesParams, "curation": CurationParams}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*/*.yaml")),
+@pytest.mark.parametrize("path", sorted(p for folder in PARAM_FOLDERS
+                                       for p in (ROOT / "params" / folder).glob("*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_parameter_file_validates(path):
-    PARAM_FOLDERS[path.parent.name].from_yaml(path)
+    if path.name.endswith("_sources.yaml"):  # a curation source registry, not parameters
+        assert load_sources(path)
+        return
+    params = PARAM_FOLDERS[path.parent.name].from_yaml(path)
+    if isinstance(params, CurationParams):
+        assert load_sources(ROOT / params.sources)
 
 
 def test_unknown_key_is_named():

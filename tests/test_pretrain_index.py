@@ -1,4 +1,5 @@
-"""Pretraining index and nested, source-stratified subsets (biovfm_lib.data.pretrain)."""
+"""Pretraining index (biovfm_lib.data.pretrain) and nested, source-stratified subsets
+(biovfm_lib.curation.subsets)."""
 from __future__ import annotations
 
 from itertools import pairwise
@@ -8,13 +9,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from biovfm_lib.curation.subsets import select_subset
 from biovfm_lib.data.medmnist import MedMNISTFileError
 from biovfm_lib.data.pretrain import (
     INDEX_COLUMNS,
     MEDMNIST_MODALITY,
     index_images,
     medmnist_sources,
-    select_subset,
 )
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from biovfm_lib.analysis.reference import COLUMNS, REFERENCE_CSV, load_reference
+from biovfm_lib.analysis.reference import COLUMNS, REFERENCE_CSV, SUBSET_COLUMNS, load_reference
 from biovfm_lib.analysis.scaling import (
     SLOPE_COLUMNS,
     compare_algorithms,
@@ -35,7 +35,7 @@ def ref_slopes(ref: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- reference table
 def test_reference_shape(ref: pd.DataFrame) -> None:
-    assert list(ref.columns) == list(COLUMNS)
+    assert list(ref.columns) == [*COLUMNS, *SUBSET_COLUMNS]
     assert len(ref) == 12 * (2 * 4 + 1)
     assert set(ref["task"]) == TASKS
     assert ref.groupby("algorithm").size().to_dict() == {"dinov2": 48, "mae": 48, "biomedclip": 12}
@@ -43,6 +43,10 @@ def test_reference_shape(ref: pd.DataFrame) -> None:
     assert not ref.duplicated(["algorithm", "size", "task"]).any()
     clip = ref[ref["algorithm"] == "biomedclip"]
     assert clip[["size", "params_total_m", "params_encoder_m"]].isna().all().all()
+    # the study's model-size runs all pretrain on the whole corpus; BiomedCLIP on other data
+    study = ref[ref["algorithm"] != "biomedclip"]
+    assert (study["data_subset"] == "full").all() and (study["modality_subset"] == "all").all()
+    assert (clip[list(SUBSET_COLUMNS)] == "external").all().all()
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,7 @@ def _polyfit_slope(x: pd.Series, y: pd.Series) -> float:
 
 def test_power_law_matches_polyfit_on_reference(ref: pd.DataFrame, ref_slopes: pd.DataFrame) -> None:
     assert list(ref_slopes.columns) == SLOPE_COLUMNS
+    assert set(zip(ref_slopes["data_subset"], ref_slopes["modality_subset"])) == {("full", "all")}
     power = ref_slopes[ref_slopes["fit"] == "power_law"].set_index(["algorithm", "task"])
     sized = ref.dropna(subset=["params_total_m"])
     assert len(power) == 2 * 13
@@ -179,7 +184,8 @@ def _two_algorithms(rng: np.random.Generator, task: str, slope_a: float,
     for algorithm, slope, icpt in (("dinov2", slope_a, -0.3), ("mae", slope_b, -0.5)):
         y = np.exp(icpt + slope * np.log(x) + rng.normal(0, 0.01, x.size))
         rows.append(pd.DataFrame({"algorithm": algorithm, "task": task, "metric": "auc",
-                                  "value": y, "params_total_m": x}))
+                                  "value": y, "params_total_m": x, "data_subset": "full",
+                                  "modality_subset": "all"}))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -212,22 +218,116 @@ def test_compare_on_reference_matches_separate_fits(ref: pd.DataFrame,
         assert 0 <= row["p_value"] <= 1
 
 
-def test_data_scaling_fits_each_model_size_on_its_own():
+# ----------------------------------------------------------------------------- subsets held fixed
+SIZES = {"tiny": 5.5, "small": 21.7, "base": 85.8, "large": 303.3}
+
+
+def _lstsq_slope(x: pd.Series, y: pd.Series) -> float:
+    design = np.column_stack([np.ones(len(x)), np.log(x.to_numpy(float))])
+    return float(np.linalg.lstsq(design, np.log(y.to_numpy(float)), rcond=None)[0][1])
+
+
+def _probe_points(rng: np.random.Generator, slopes: dict[tuple[str, str, str], float],
+                  sizes: dict[str, float] = SIZES, n_train: dict[str, int] | None = None,
+                  tasks: tuple[str, ...] = ("pathmnist", "dermamnist")) -> pd.DataFrame:
+    """Noisy power-law points of probe runs, one slope per (algorithm, data, modality subset)."""
+    n_train = n_train or {"full": 100_000, "f0.1": 10_000}
+    rows = []
+    for (algorithm, data, modality), slope in slopes.items():
+        level = 0.5 if data == "full" else 0.4  # subsets differ in level too, as real ones do
+        for size, params in sizes.items():
+            for task in tasks:
+                rows.append({
+                    "source": "runs", "algorithm": algorithm, "size": size, "task": task,
+                    "metric": "auc", "params_encoder_m": params,
+                    "value": level * params**slope * np.exp(rng.normal(0, 0.01)),
+                    "n_train_images": n_train[data], "data_subset": data,
+                    "modality_subset": modality})
+    return pd.DataFrame(rows)
+
+
+def test_model_size_fits_hold_the_data_subset_fixed() -> None:
+    rng = np.random.default_rng(0)
+    points = _probe_points(rng, {("mae", "full", "all"): 0.04, ("mae", "f0.1", "all"): 0.01})
+    slopes = scaling_slopes(points, x="params_encoder_m", n_boot=0)
+    power = slopes[slopes["fit"] == "power_law"].set_index(["data_subset", "task"])
+    assert set(slopes["data_subset"]) == {"full", "f0.1"} and set(slopes["modality_subset"]) == {
+        "all"}
+    assert len(power) == 2 * (2 + 1)  # per subset: two tasks and their mean
+    for (data, task), g in points.groupby(["data_subset", "task"]):
+        expected = _lstsq_slope(g["params_encoder_m"], g["value"])
+        assert power.loc[(data, task), "slope"] == pytest.approx(expected, rel=1e-9)
+        assert power.loc[(data, task), "n_points"] == len(g) == len(SIZES)
+    for data, g in points.groupby("data_subset"):
+        mean = g.groupby("params_encoder_m")["value"].mean()
+        expected = _lstsq_slope(mean.index.to_series(), mean)
+        assert power.loc[(data, "mean"), "slope"] == pytest.approx(expected, rel=1e-9)
+    # pooling the subsets, as before, gives a slope that is neither subset's
+    pooled = _lstsq_slope(*(points.loc[points["task"] == "pathmnist", c]
+                            for c in ("params_encoder_m", "value")))
+    assert all(abs(pooled - power.loc[(d, "pathmnist"), "slope"]) > 0.005 for d in ("full", "f0.1"))
+
+
+def test_points_need_subset_labels() -> None:
+    points = _probe_points(np.random.default_rng(0), {("mae", "full", "all"): 0.04})
+    with pytest.raises(KeyError, match="modality_subset"):
+        scaling_slopes(points.drop(columns="modality_subset"), x="params_encoder_m")
+    points.loc[0, "data_subset"] = None
+    with pytest.raises(ValueError, match="label"):
+        scaling_slopes(points, x="params_encoder_m")
+
+
+def test_algorithms_are_compared_on_the_same_subset_only() -> None:
+    rng = np.random.default_rng(1)
+    points = _probe_points(rng, {("dinov2", "full", "all"): 0.03, ("mae", "full", "all"): 0.05,
+                                 ("dinov2", "f0.1", "all"): 0.01})  # MAE has no f0.1 run
+    out = compare_algorithms(points, x="params_encoder_m")
+    assert set(out["data_subset"]) == {"full"} and set(out["task"]) == {
+        "pathmnist", "dermamnist", "mean"}
+    full = points[points["data_subset"] == "full"]
+    for _, row in out[out["task"] != "mean"].iterrows():
+        g = full[full["task"] == row["task"]]
+        for algorithm, col in (("dinov2", "slope_a"), ("mae", "slope_b")):
+            mine = g[g["algorithm"] == algorithm]
+            expected = _lstsq_slope(mine["params_encoder_m"], mine["value"])
+            assert row[col] == pytest.approx(expected, rel=1e-9)
+
+
+def test_data_scaling_fits_each_model_size_and_modality_subset_on_its_own() -> None:
     rng = np.random.default_rng(0)
     rows = []
-    for size, slope in (("small", 0.02), ("base", 0.05)):
-        for seen in (1e5, 1e6, 1e7):
+    for (size, modality), slope in {("small", "all"): 0.02, ("base", "all"): 0.05,
+                                    ("base", "us"): 0.08}.items():
+        for data, n_train in (("f0.01", 1e5), ("f0.1", 1e6), ("full", 1e7)):
             for task in ("pathmnist", "dermamnist"):
                 rows.append({"algorithm": "dinov2", "size": size, "task": task, "metric": "auc",
-                             "value": 0.5 * seen ** slope * (1 + 1e-3 * rng.standard_normal()),
-                             "images_seen": seen, "data_subset": '{"fraction": 1.0}'})
+                             "value": 0.5 * n_train**slope * (1 + 1e-3 * rng.standard_normal()),
+                             "n_train_images": n_train, "images_seen": 5e6,  # fixed budget
+                             "data_subset": data, "modality_subset": modality})
     points = pd.DataFrame(rows)
     slopes = data_scaling_slopes(points, n_boot=0).query("fit == 'power_law'")
-    assert set(slopes.axis) == {"data_size:small", "data_size:base"}
-    for size in ("small", "base"):
-        g = points[(points["size"] == size) & (points.task == "pathmnist")]
-        expected = np.polyfit(np.log(g.images_seen), np.log(g.value), 1)[0]
-        got = slopes[(slopes.axis == f"data_size:{size}") & (slopes.task == "pathmnist")]
-        assert got.slope.item() == pytest.approx(expected)
+    assert set(zip(slopes.axis, slopes.modality_subset)) == {
+        ("data_size:small", "all"), ("data_size:base", "all"), ("data_size:base", "us")}
+    assert set(slopes["data_subset"]) == {"f0.01, f0.1, full"}  # the span, smallest first
+    for (size, modality), g in points[points.task == "pathmnist"].groupby(
+            ["size", "modality_subset"]):
+        got = slopes[(slopes.axis == f"data_size:{size}") & (slopes.modality_subset == modality)
+                     & (slopes.task == "pathmnist")]
+        expected = _lstsq_slope(g["n_train_images"], g["value"])
+        assert got.slope.item() == pytest.approx(expected, rel=1e-9)
+        assert got.n_points.item() == 3
+
+
+def test_subset_table_compares_modalities_over_the_same_tasks() -> None:
+    points = pd.DataFrame({
+        "algorithm": "dinov2", "size": "base", "data_subset": "full", "metric": "auc",
+        "modality_subset": ["all", "all", "all", "us", "us"],
+        "task": ["pathmnist", "dermamnist", "breastmnist", "pathmnist", "breastmnist"],
+        "value": [0.9, 0.6, 0.8, 0.7, 0.9],
+    })
     table = subset_table(points)
-    assert table.shape == (2, 1) and table.notna().all().all()
+    assert table.index.names == ["algorithm", "size", "data_subset"]
+    assert list(table.columns) == ["all", "us"]
+    # dermamnist was not probed for "us": both means are over pathmnist and breastmnist
+    assert table.loc[("dinov2", "base", "full")].tolist() == pytest.approx([0.85, 0.8])
+    assert table.attrs["n_tasks"] == 2

@@ -1,7 +1,9 @@
 """The pretraining engine for real: torchrun processes, real SSL steps, kill and resume."""
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -13,7 +15,14 @@ from safetensors.torch import load_file
 from biovfm_lib.models.checkpoints import load_encoder
 from biovfm_lib.params import PretrainParams
 from biovfm_lib.train.config import resolve_config, run_name
-from biovfm_lib.train.launch import LaunchError, launch, prepare, slurm_script, torchrun_command
+from biovfm_lib.train.launch import (
+    LAUNCHER_PID,
+    LaunchError,
+    launch,
+    prepare,
+    slurm_script,
+    torchrun_command,
+)
 from biovfm_lib.train.loop import JsonLog
 from biovfm_lib.train.meter import ThroughputMeter, peak_flops
 from biovfm_lib.train.report import read_log
@@ -83,6 +92,23 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     assert loss_b == loss_a
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_rank_stops_when_its_launcher_dies():
+    """A killed kernel or grid must not leave ranks training into a folder that a rerun is
+    about to resume (a quiet rank would not even notice its closed output pipe)."""
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    script = ("import time\n"
+              "from biovfm_lib.train.__main__ import stop_with_launcher\n"
+              "stop_with_launcher(poll_s=0.05)\nprint('watching', flush=True)\ntime.sleep(600)")
+    rank = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, LAUNCHER_PID: str(launcher.pid)})
+    assert rank.stdout.readline().strip() == "watching"
+    time.sleep(0.5)
+    assert rank.poll() is None  # the launcher lives: the rank goes on
+    launcher.kill()
+    launcher.wait()
+    assert rank.wait(timeout=30) == -signal.SIGTERM
 
 
 def test_export_rebuilds_with_plain_timm(synth, tmp_path):

@@ -3,6 +3,22 @@
 A probe result names its checkpoint; the checkpoint's JSON sidecar says what produced it
 (algorithm, size, parameters, images seen, data subset). Joining the two gives the tidy
 points the scaling fits take, in the same columns as the reference table.
+
+A sidecar records its pretraining subset as ``data_subset = {"fraction", "count",
+"modalities"}`` (what :func:`biovfm_lib.data.pretrain.select_subset` took). Fits must hold the
+subset fixed, so it becomes two labels, in the spelling of the training run's folder name:
+
+- ``data_subset``: how much of the modality pool was used: ``full`` (fraction 1), ``f0.25``
+  (a fraction), ``n100000`` (a count);
+- ``modality_subset``: which pool: ``all`` or the modalities joined by ``+`` (``ct+mri``).
+
+A run on a curated corpus may draw from one of its named subsets; the record then holds
+``corpus_subsets: {corpus name: {"name": subset name, <its select_subset arguments>}}``, the
+definition copied from the corpus's ``subsets/index.json`` at export time, because a name
+alone says nothing about what the subset is. The two layers compose: a run's
+``fraction: 0.5`` of the corpus subset ``{fraction: 0.1}`` is ``f0.5 of f0.1``, and modality
+lists intersect. A sidecar without a subset record gets ``unknown`` for both labels, and one
+that names a subset without its definition ``unknown:<name>``, rather than a guess.
 """
 from __future__ import annotations
 
@@ -14,10 +30,12 @@ import pandas as pd
 from biovfm_lib.runs import collect_results
 
 POINT_COLUMNS = ["source", "algorithm", "size", "task", "metric", "value", "params_total_m",
-                 "params_encoder_m", "images_seen", "data_subset", "data_source", "checkpoint",
-                 "run_id"]
+                 "params_encoder_m", "images_seen", "n_train_images", "data_subset",
+                 "modality_subset", "data_source", "checkpoint", "run_id"]
 
-NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "images_seen"], float)
+NUMERIC = dict.fromkeys(
+    ["value", "params_total_m", "params_encoder_m", "images_seen", "n_train_images"], float)
+UNKNOWN = "unknown"
 
 
 def sidecar(checkpoint: str) -> dict:
@@ -26,6 +44,44 @@ def sidecar(checkpoint: str) -> dict:
         return {}
     path = Path(checkpoint).with_suffix(".json")
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _data_label(spec: dict) -> str:
+    count, fraction = spec.get("count"), spec.get("fraction", 1.0)
+    return f"n{count}" if count else "full" if fraction == 1 else f"f{fraction:g}"
+
+
+def subset_labels(subset: dict | None, named: list[dict] | None = None) -> tuple[str, str]:
+    """``(data_subset, modality_subset)`` labels of a sidecar's ``data_subset`` record, drawn
+    from within the corpus subsets ``named`` (their ``select_subset`` arguments), if any."""
+    if subset is None:
+        return UNKNOWN, UNKNOWN
+    layers = [*(named or []), subset]  # outermost first
+    sizes = [label for label in map(_data_label, layers) if label != "full"]
+    pools = [set(spec["modalities"]) for spec in layers if spec.get("modalities")]
+    modalities = set.intersection(*pools) if pools else set()
+    return (" of ".join(reversed(sizes)) or "full",
+            "+".join(sorted(modalities)) if pools else "all")
+
+
+def corpus_subsets(record: dict) -> dict[str, dict | None]:
+    """The named corpus subsets a run drew from, by name, with the definitions its sidecar
+    recorded (None for a sidecar that kept only the name)."""
+    named: dict[str, dict | None] = {}
+    for entry in record.get("corpus_subsets", {}).values():
+        if isinstance(entry, dict):
+            named[entry["name"]] = {k: v for k, v in entry.items() if k != "name"}
+        elif entry:
+            named[entry] = None
+    return named
+
+
+def _labels(checkpoint: str, meta: dict) -> tuple[str, str]:
+    record = meta.get("data_subset")
+    named = corpus_subsets(record) if record else {}
+    if missing := sorted(name for name, spec in named.items() if spec is None):
+        return (f"{UNKNOWN}:{'+'.join(missing)}",) * 2
+    return subset_labels(record, list(named.values()))
 
 
 def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
@@ -43,6 +99,8 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
         df = df[df.run_id.isin(run_ids)]
     meta = {c: sidecar(c) for c in df.checkpoint.unique()}
     df = df[[bool(meta[c].get("algorithm")) for c in df.checkpoint]]
+    labels = {c: _labels(c, meta[c]) for c in df.checkpoint.unique()}
+    subsets = [labels[c] for c in df.checkpoint]
     return pd.DataFrame({
         "source": "runs",
         "algorithm": [meta[c]["algorithm"] for c in df.checkpoint],
@@ -52,8 +110,9 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
         "params_total_m": float("nan"),
         "params_encoder_m": [meta[c]["n_params"] / 1e6 for c in df.checkpoint],
         "images_seen": [meta[c].get("images_seen") for c in df.checkpoint],
-        "data_subset": [json.dumps(meta[c].get("data_subset"), sort_keys=True)
-                        for c in df.checkpoint],
+        "n_train_images": [meta[c].get("n_train_images") for c in df.checkpoint],
+        "data_subset": [data for data, _ in subsets],
+        "modality_subset": [modality for _, modality in subsets],
         "data_source": df.data_source.to_numpy(),
         "checkpoint": df.checkpoint.to_numpy(), "run_id": df.run_id.to_numpy(),
     }, columns=POINT_COLUMNS).astype(NUMERIC)

@@ -1,4 +1,9 @@
-"""The figures of notebooks 04_scaling and 05_task_properties."""
+"""The figures of notebooks 04_scaling and 05_task_properties.
+
+Scaling figures draw one curve per source, algorithm, data subset and modality subset, the
+same grouping the slope fits use, so a drawn line is always the fitted one: colour says the
+algorithm, marker the subset, line style (and hollow markers) the reference table.
+"""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,51 +12,91 @@ import pandas as pd
 from matplotlib.ticker import NullFormatter
 
 COLORS = {"dinov2": "tab:blue", "mae": "tab:orange"}
+CURVE = ["source", "algorithm", "data_subset", "modality_subset"]
+MARKERS = "os^DvP<>"
+HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 
 
 def _short(task: str) -> str:
     return task.replace("mnist", "")
 
 
+def _subset(data_subset: str, modality_subset: str) -> str:
+    return f"{data_subset}/{modality_subset}"
+
+
+def curve_label(source: str, algorithm: str, data_subset: str, modality_subset: str) -> str:
+    """How figures and pickers name a curve: ``dinov2 full/all (reference)``."""
+    return f"{algorithm} {_subset(data_subset, modality_subset)} ({source})"
+
+
+def checkpoint_labels(points: pd.DataFrame) -> pd.Series:
+    """A name per point for the checkpoint it measures, so runs can be picked for comparison.
+
+    A reference checkpoint is the study's model of one algorithm and size; a run's is also told
+    apart by its probe run, since one checkpoint may be probed more than once.
+    """
+    base = (points["source"] + " · " + points["algorithm"] + " " + points["size"].fillna("")
+            + " · " + points["data_subset"] + "/" + points["modality_subset"])
+    if "run_id" not in points:
+        return base
+    return base.where(points["run_id"].isna(), base + " · probe " + points["run_id"])
+
+
+def _styles(df: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """One marker per (data subset, modality subset) present, in a stable order."""
+    pairs = sorted(set(zip(df["data_subset"], df["modality_subset"])))
+    return {pair: MARKERS[i % len(MARKERS)] for i, pair in enumerate(pairs)}
+
+
 def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.Figure:
-    """Mean metric over tasks against size per algorithm; runs solid, reference dashed."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    """Mean metric over tasks against size per curve; runs solid, reference dashed."""
     df = points[(points.metric == metric) & points[x].notna()]
-    for (source, algo), g in df.groupby(["source", "algorithm"]):
+    if df.empty:
+        return _empty(f"no {metric} points with {x}")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    markers = _styles(df)
+    for (source, algo, data, modality), g in df.groupby(CURVE):
         mean = g.groupby(x).value.mean()
-        ax.plot(mean.index, mean.values, "o-" if source == "runs" else "s--",
-                color=COLORS.get(algo), label=f"{algo} ({source})")
+        ax.plot(mean.index, mean.values, marker=markers[data, modality],
+                ls="-" if source == "runs" else "--", color=COLORS.get(algo),
+                mfc=None if source == "runs" else "none",
+                label=curve_label(source, algo, data, modality))
     ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric: str = "auc",
                      baseline: pd.DataFrame | None = None) -> plt.Figure:
-    """One panel per task: points, the fitted power law, and a baseline line (BiomedCLIP)."""
+    """One panel per task: points, the fitted power law per curve, and a baseline line
+    (BiomedCLIP)."""
     df = points[(points.metric == metric) & points[x].notna()]
     tasks = sorted(df.task.unique())
     if not tasks:
         return _empty(f"no {metric} points with {x}")
+    fits = slopes[(slopes.fit == "power_law") & (slopes.metric == metric)
+                  & (slopes.axis == "model_size")].set_index(["task", *CURVE])
+    markers = _styles(df)
     cols = 4
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        for (source, algo), g in df[df.task == task].groupby(["source", "algorithm"]):
+        for (source, algo, data, modality), g in df[df.task == task].groupby(CURVE):
             g = g.sort_values(x)
-            ax.plot(g[x], g.value, "o" if source == "runs" else "s", color=COLORS.get(algo),
-                    ms=4, label=f"{algo} ({source})")
-            fit = slopes[(slopes.task == task) & (slopes.algorithm == algo)
-                         & (slopes.source == source) & (slopes.fit == "power_law")
-                         & (slopes.metric == metric) & (slopes.axis == "model_size")]
-            if len(fit) and np.isfinite(fit.slope.iloc[0]):
+            color = COLORS.get(algo)
+            ax.plot(g[x], g.value, markers[data, modality], color=color, ms=4,
+                    mfc=None if source == "runs" else "none",
+                    label=curve_label(source, algo, data, modality))
+            key = (task, source, algo, data, modality)
+            if key in fits.index and np.isfinite(fits.loc[key, "slope"]):
                 xs = np.geomspace(g[x].min(), g[x].max(), 20)
                 logy = np.polyfit(np.log(g[x]), np.log(g.value), 1)  # same OLS line
-                ax.plot(xs, np.exp(np.polyval(logy, np.log(xs))), "-", color=COLORS.get(algo),
-                        lw=1)
+                ax.plot(xs, np.exp(np.polyval(logy, np.log(xs))), color=color, lw=1,
+                        ls="-" if source == "runs" else "--")
         if baseline is not None:
             b = baseline[(baseline.task == task) & (baseline.metric == metric)]
             if len(b):
@@ -76,7 +121,8 @@ def _empty(message: str) -> plt.Figure:
 
 def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law",
                 axis: str = "model_size") -> plt.Figure:
-    """Slope per task and algorithm with its 95% CI, one panel per source."""
+    """Slope per task and curve (algorithm, data subset, modality subset) with its 95% CI,
+    one panel per source; hatching tells the subsets of one algorithm apart."""
     df = slopes[(slopes.metric == metric) & (slopes.fit == fit) & (slopes.axis == axis)]
     sources = sorted(df.source.unique())
     if not sources:
@@ -85,19 +131,21 @@ def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law
     for ax, source in zip(axes.flat, sources):
         d = df[df.source == source]
         tasks = sorted(d.task.unique(), key=lambda t: (t == "mean", t))
-        algos = sorted(d.algorithm.unique())
-        width = 0.8 / max(len(algos), 1)
-        for i, algo in enumerate(algos):
-            a = d[d.algorithm == algo].set_index("task").reindex(tasks)
+        curves = list(d.groupby(CURVE[1:], sort=True))
+        subsets = sorted({(data, modality) for (_, data, modality), _ in curves})
+        width = 0.8 / max(len(curves), 1)
+        for i, ((algo, data, modality), c) in enumerate(curves):
+            a = c.set_index("task").reindex(tasks)
             err = np.vstack([a.slope - a.ci_low, a.ci_high - a.slope]).astype(float)
             ax.bar(np.arange(len(tasks)) + i * width, a.slope, width,
-                   yerr=np.where(np.isfinite(err), err, 0), capsize=2,
-                   color=COLORS.get(algo), label=algo)
-        ax.set_xticks(np.arange(len(tasks)) + width * (len(algos) - 1) / 2,
+                   yerr=np.where(np.isfinite(err), err, 0), capsize=2, color=COLORS.get(algo),
+                   hatch=HATCHES[subsets.index((data, modality)) % len(HATCHES)],
+                   edgecolor="white", label=f"{algo} {_subset(data, modality)}")
+        ax.set_xticks(np.arange(len(tasks)) + width * (len(curves) - 1) / 2,
                       [_short(t) for t in tasks], rotation=90)
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_title(f"{fit} slope of {metric} ({source})")
-        ax.legend(fontsize=8)
+        ax.set_title(f"{fit} slope of {metric} ({source}, {axis})")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -140,13 +188,15 @@ def plot_property_scatter(slopes: pd.DataFrame, props: pd.DataFrame, columns: li
 
 
 def plot_subsets(table: pd.DataFrame, metric: str = "auc") -> plt.Figure:
-    """Mean metric per (algorithm, size) for each data subset: the modality comparison."""
+    """Mean metric per (algorithm, size, data subset) for each modality subset: the modality
+    comparison of :func:`biovfm_lib.analysis.scaling.subset_table`."""
     if table.empty:
         return _empty("no runs to compare")
     fig, ax = plt.subplots(figsize=(1.2 * len(table) + 3, 3.4))
     table.plot.bar(ax=ax, rot=0)
-    ax.set_xticklabels([f"{a}\n{s}" for a, s in table.index], fontsize=8)
-    ax.set_ylabel(f"mean test {metric}")
-    ax.legend(title="data subset", fontsize=6, title_fontsize=7)
+    ax.set_xticklabels(["\n".join(map(str, key)) for key in table.index], fontsize=8)
+    ax.set_xlabel("")
+    ax.set_ylabel(f"mean test {metric} ({table.attrs.get('n_tasks', '?')} tasks)")
+    ax.legend(title="modality subset", fontsize=6, title_fontsize=7)
     fig.tight_layout()
     return fig

@@ -10,6 +10,19 @@ error power law with a floor, ``1 - y = a * N**-b + c``, as a check on the study
 its exponent ``b`` is reported in the same ``slope`` column (with a bootstrap CI), tagged
 ``fit="saturating"``. The two slopes have different meanings and signs (power-law slope > 0
 when the metric grows; ``b`` > 0 when the error shrinks) and must not be compared directly.
+
+Every curve holds its pretraining data fixed. Points carry ``data_subset`` (how much of the
+pool: ``full``, ``f0.25``, ``n100000``) and ``modality_subset`` (which pool: ``all``,
+``ct+mri``; see :mod:`biovfm_lib.analysis.inputs`), and the slope tables carry them too:
+
+- model size (``axis = "model_size"``): one curve per (algorithm, data subset, modality
+  subset), since pooling a 10% run of one size with a full run of another would mix data size
+  into the model-size slope;
+- data size (``axis = "data_size:<model size>"``): one curve per (algorithm, model size,
+  modality subset), against the subset's image count; its ``data_subset`` lists the subsets
+  the curve spans, smallest first (``"f0.25, f0.5, full"``);
+- modality subsets are compared at equal algorithm, size and data subset by
+  :func:`subset_table`, and DINOv2 against MAE within each subset by :func:`compare_algorithms`.
 """
 from __future__ import annotations
 
@@ -23,8 +36,11 @@ from scipy import optimize
 
 SLOPE_COLUMNS = [
     "source", "algorithm", "task", "metric", "axis", "fit",
-    "slope", "se", "ci_low", "ci_high", "p_value", "n_points", "note",
+    "slope", "se", "ci_low", "ci_high", "p_value", "n_points",
+    "data_subset", "modality_subset", "note",
 ]
+FIT_COLUMNS = SLOPE_COLUMNS[6:12]  # what a fit returns, besides its note
+SUBSET_COLUMNS = ["data_subset", "modality_subset"]
 MEAN_TASK = "mean"
 
 
@@ -175,12 +191,38 @@ def task_mean(points: pd.DataFrame, x: str, by: Sequence[str] = ("algorithm", "m
 
 
 def _usable(points: pd.DataFrame, x: str, metrics: Sequence[str] | None) -> pd.DataFrame:
-    """Rows that can enter a fit: the chosen metrics, with both x and value present."""
-    missing = {"algorithm", "task", "metric", "value", x} - set(points.columns)
+    """Rows that can enter a fit: the chosen metrics, with both x and value present.
+
+    The subset labels must be complete: grouping would silently drop a point whose label is
+    missing, and pooling it with a guessed subset would mix what the fits hold fixed.
+    """
+    missing = {"algorithm", "task", "metric", "value", x, *SUBSET_COLUMNS} - set(points.columns)
     if missing:
         raise KeyError(f"points lack column(s) {sorted(missing)}")
     df = points if metrics is None else points[points["metric"].isin(list(metrics))]
-    return df.dropna(subset=[x, "value"])
+    df = df.dropna(subset=[x, "value"])
+    if df[SUBSET_COLUMNS].isna().any().any():
+        raise ValueError(f"points without a {' or '.join(SUBSET_COLUMNS)} label")
+    return df
+
+
+def _fit_rows(group: pd.DataFrame, x: str, labels: dict, n_boot: int) -> list[dict]:
+    """Both fits of each task's curve and of the task mean; ``labels`` name the group."""
+    curves = [(task, g[x], g["value"], "") for task, g in group.groupby("task", sort=True)]
+    mean = task_mean(group, x)
+    n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
+    curves.append((MEAN_TASK, mean[x], mean["value"], f"mean over {n_tasks} task(s)"))
+    rows = []
+    for task, xs, ys, prefix in curves:
+        fits = {
+            "power_law": fit_power_law(xs, ys),
+            "saturating": fit_saturating(xs, ys, n_boot=n_boot),
+        }
+        for fit, res in fits.items():
+            note = "; ".join(s for s in (prefix, res["note"]) if s)
+            rows.append({**labels, "task": task, "fit": fit,
+                         **{k: res[k] for k in FIT_COLUMNS}, "note": note})
+    return rows
 
 
 def scaling_slopes(
@@ -191,32 +233,21 @@ def scaling_slopes(
     source: str = "runs",
     n_boot: int = 1000,
 ) -> pd.DataFrame:
-    """One row per (algorithm, task, metric, fit) with ``fit`` in {"power_law", "saturating"}.
+    """One row per (algorithm, data subset, modality subset, task, metric, fit) with ``fit`` in
+    {"power_law", "saturating"}.
 
-    ``points`` is tidy (``algorithm, task, metric, value`` and the ``x`` column); rows missing x
-    or value (e.g. BiomedCLIP, which has no size) are ignored. Task ``"mean"`` is the fit to the
-    mean over tasks present at every x (see :func:`task_mean`). ``source`` and ``axis`` are
-    labels copied into the table so slopes from runs and from the paper can be stacked.
+    ``points`` is tidy (``algorithm, task, metric, value, data_subset, modality_subset`` and
+    the ``x`` column); rows missing x or value (e.g. BiomedCLIP, which has no size) are
+    ignored. Task ``"mean"`` is the fit to the mean over tasks present at every x of its curve
+    (see :func:`task_mean`). ``source`` and ``axis`` are labels copied into the table so
+    slopes from runs and from the paper can be stacked.
     """
     df = _usable(points, x, metrics)
     rows = []
-    for (algorithm, metric), group in df.groupby(["algorithm", "metric"], sort=True):
-        curves = [(task, g[x], g["value"], "") for task, g in group.groupby("task", sort=True)]
-        mean = task_mean(group, x)
-        n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
-        curves.append((MEAN_TASK, mean[x], mean["value"], f"mean over {n_tasks} task(s)"))
-        for task, xs, ys, prefix in curves:
-            fits = {
-                "power_law": fit_power_law(xs, ys),
-                "saturating": fit_saturating(xs, ys, n_boot=n_boot),
-            }
-            for fit, res in fits.items():
-                note = "; ".join(s for s in (prefix, res["note"]) if s)
-                rows.append({
-                    "source": source, "algorithm": algorithm, "task": task, "metric": metric,
-                    "axis": axis, "fit": fit, **{k: res[k] for k in SLOPE_COLUMNS[6:12]},
-                    "note": note,
-                })
+    keys = ["algorithm", *SUBSET_COLUMNS, "metric"]
+    for values, group in df.groupby(keys, sort=True):
+        labels = {"source": source, "axis": axis, **dict(zip(keys, values))}
+        rows += _fit_rows(group, x, labels, n_boot)
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
 
 
@@ -242,56 +273,79 @@ def compare_algorithms(
     metric: str = "auc",
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Do algorithms ``a`` and ``b`` scale at different rates? One row per shared task and mean.
+    """Do algorithms ``a`` and ``b`` scale at different rates? One row per data subset,
+    modality subset and shared task, plus the mean.
 
-    Pools both curves in one OLS of ``log y`` on ``log x``, an indicator for ``a`` and their
-    interaction; the interaction is ``diff = slope_a - slope_b``, reported with its se, CI and
-    t-test p-value. Pooling assumes a common residual variance for the two curves, and with
-    4 sizes per algorithm leaves only 4 residual df, so the test has little power: a large p
-    means "not shown to differ", not "equal". The mean compares both algorithms over the
-    same tasks (those present at every x for both).
+    Both algorithms are compared on the same pretraining subset only: a subset that one of them
+    lacks gives no rows. Pools both curves in one OLS of ``log y`` on ``log x``, an indicator
+    for ``a`` and their interaction; the interaction is ``diff = slope_a - slope_b``, reported
+    with its se, CI and t-test p-value. Pooling assumes a common residual variance for the two
+    curves, and with 4 sizes per algorithm leaves only 4 residual df, so the test has little
+    power: a large p means "not shown to differ", not "equal". The mean compares both
+    algorithms over the same tasks (those present at every x for both).
     """
-    columns = ["task", "metric", "a", "b", "slope_a", "slope_b", "diff", "se",
+    columns = ["task", "metric", *SUBSET_COLUMNS, "a", "b", "slope_a", "slope_b", "diff", "se",
                "ci_low", "ci_high", "p_value", "n_points", "note"]
     df = _usable(points, x, [metric])
-    df = df[df["algorithm"].isin([a, b])]
-    shared = sorted(set(df.loc[df["algorithm"] == a, "task"]) & set(df.loc[df["algorithm"] == b, "task"]))
-    curves = [(task, df[df["task"] == task], "") for task in shared]
-    mean = task_mean(df, x)
-    n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
-    curves.append((MEAN_TASK, mean, f"mean over {n_tasks} task(s)"))
-
     rows = []
-    for task, g, note in curves:
-        row = {"task": task, "metric": metric, "a": a, "b": b, "n_points": len(g)}
-        ok = all(g.loc[g["algorithm"] == algo, x].nunique() >= 2 for algo in (a, b))
-        positive = bool((g[x] > 0).all() and (g["value"] > 0).all())
-        if ok and positive and len(g) > 4:
-            row |= _interaction_test(np.log(g[x].to_numpy(float)), np.log(g["value"].to_numpy(float)),
-                                     (g["algorithm"] == a).to_numpy(float), alpha)
-        else:
-            why = "needs >= 2 distinct x per algorithm, > 4 points and positive x and values"
-            note = "; ".join(s for s in (note, why) if s)
-        rows.append(row | {"note": note})
+    for subset, pair in df[df["algorithm"].isin([a, b])].groupby(SUBSET_COLUMNS, sort=True):
+        tasks = {algo: set(pair.loc[pair["algorithm"] == algo, "task"]) for algo in (a, b)}
+        if not (tasks[a] and tasks[b]):
+            continue
+        curves = [(task, pair[pair["task"] == task], "") for task in sorted(tasks[a] & tasks[b])]
+        mean = task_mean(pair, x)
+        n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
+        curves.append((MEAN_TASK, mean, f"mean over {n_tasks} task(s)"))
+        for task, g, note in curves:
+            row = {"task": task, "metric": metric, **dict(zip(SUBSET_COLUMNS, subset)), "a": a,
+                   "b": b, "n_points": len(g)}
+            ok = all(g.loc[g["algorithm"] == algo, x].nunique() >= 2 for algo in (a, b))
+            positive = bool((g[x] > 0).all() and (g["value"] > 0).all())
+            if ok and positive and len(g) > 4:
+                row |= _interaction_test(np.log(g[x].to_numpy(float)),
+                                         np.log(g["value"].to_numpy(float)),
+                                         (g["algorithm"] == a).to_numpy(float), alpha)
+            else:
+                why = "needs >= 2 distinct x per algorithm, > 4 points and positive x and values"
+                note = "; ".join(s for s in (note, why) if s)
+            rows.append(row | {"note": note})
     return pd.DataFrame(rows, columns=columns)
 
 
 def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = None,
-                        source: str = "runs", n_boot: int = 1000) -> pd.DataFrame:
-    """Slopes against data size (images seen), one model size at a time.
+                        source: str = "runs", n_boot: int = 1000,
+                        x: str = "n_train_images") -> pd.DataFrame:
+    """Slopes against data size, one (algorithm, model size, modality subset) at a time.
 
-    Mixing model sizes would confound the two axes, so each size gets its own fits, labelled
-    ``axis = "data_size:<size>"``; sizes with a single data size report why they have no slope.
+    Mixing model sizes or modality pools would confound them with data size, so each gets its
+    own fits, labelled ``axis = "data_size:<size>"``; its ``data_subset`` lists the subsets
+    along the curve. Data size is the subset's image count (``n_train_images``), not images
+    seen: runs of a fixed step budget see as many images from a 10% subset as from the full
+    one. A curve with a single data size reports why it has no slope.
     """
-    frames = [scaling_slopes(g, x="images_seen", axis=f"data_size:{size}", metrics=metrics,
-                             source=source, n_boot=n_boot)
-              for size, g in points.groupby("size", sort=True)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=SLOPE_COLUMNS)
+    df = _usable(points, x, metrics).dropna(subset=["size"])
+    rows = []
+    keys = ["algorithm", "size", "modality_subset", "metric"]
+    for values, group in df.groupby(keys, sort=True):
+        labels = dict(zip(keys, values))
+        spanned = group.groupby("data_subset")[x].median().sort_values().index
+        rows += _fit_rows(group, x, {
+            "source": source, "algorithm": labels["algorithm"], "metric": labels["metric"],
+            "axis": f"data_size:{labels['size']}", "data_subset": ", ".join(spanned),
+            "modality_subset": labels["modality_subset"]}, n_boot)
+    return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
 
 
 def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Mean test metric over tasks per algorithm and model size (rows) and data subset
-    (columns): modality subsets and data fractions side by side, as the study compares them."""
-    df = points[points.metric == metric]
-    return df.groupby(["algorithm", "size", "data_subset"]).value.mean().unstack("data_subset")
+    """Mean test metric per algorithm, model size and data subset (rows) and modality subset
+    (columns): the study's modality comparison, with everything else held fixed.
+
+    Every cell averages the same tasks (those measured in every cell, see :func:`task_mean`),
+    so a run probed on fewer tasks cannot look better or worse for it; their number is in
+    ``table.attrs["n_tasks"]``.
+    """
+    keys = ["algorithm", "size", "data_subset"]
+    mean = task_mean(points[points["metric"] == metric], "modality_subset", by=keys)
+    table = mean.pivot_table(index=keys, columns="modality_subset", values="value")
+    table.attrs["n_tasks"] = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
+    return table

@@ -1,9 +1,9 @@
 """Pretraining throughput benchmark: images/s, step time, peak memory and MFU of one device.
 
 Batches are random tensors made on the device, so the figures measure the model and the
-optimiser alone (the data loader is benchmarked separately); the step is the training loop's
-own ``train_step``. A benchmark prints figures and writes them to ``outputs/bench/``; it is
-not a test.
+optimiser alone (the data loader is benchmarked separately, :func:`bench_augment` for DINOv2's
+augmentation); the step is the training loop's own ``train_step``. A benchmark prints figures
+and writes them to ``outputs/bench/``; it is not a test.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from biovfm_lib.data.device_augment import DINOv2Photometric
+from biovfm_lib.data.ssl_transforms import DINOv2Augmentation
 from biovfm_lib.params import PretrainParams
 from biovfm_lib.runs import record_benchmark
 from biovfm_lib.train.config import TrainConfig
@@ -83,4 +85,66 @@ def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int 
     print(f"{algorithm} {size} batch {batch_size} on {dev} ({result['precision']}): "
           f"{result['images_per_s']} images/s, {seconds * 1e3:.0f} ms/step{mfu}")
     record_benchmark(f"pretrain_{algorithm}_{size}_{dev.type}", result)
+    return result
+
+
+def _per_core_rate(augment: DINOv2Augmentation, images: list[torch.Tensor]) -> float:
+    """Images/s on one thread, as a DataLoader worker runs a transform (torch gives each
+    worker one intra-op thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        augment(images[0])
+        start = time.perf_counter()
+        for image in images:
+            augment(image)
+        return len(images) / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def bench_augment(global_size: int = 224, local_size: int = 98, n_local: int = 8,
+                  source_size: int | None = None, n_images: int = 32, batch_size: int = 64,
+                  repeats: int = 3, device: str = "auto") -> dict[str, Any]:
+    """Images/s of DINOv2's augmentation both ways: the full CPU recipe and its crops-only
+    part per loader core, and the batched photometric part on ``device`` (a batch of
+    ``batch_size`` images' crops per call). An image is one source image with all its crops.
+    Sources are random uint8 images of ``source_size`` (default: the global crop size, as
+    MedMNIST's 224 px files); the ops' cost does not depend on the pixel values."""
+    dev = torch.device(device if device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = source_size or global_size
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+              for _ in range(n_images)]
+    crops_only = DINOv2Augmentation(global_size, local_size, n_local, photometric=False)
+    full = _per_core_rate(DINOv2Augmentation(global_size, local_size, n_local), images)
+    geometric = _per_core_rate(crops_only, images)
+
+    views = [crops_only(images[i % n_images]) for i in range(batch_size)]
+    crops = [torch.stack([v[c] for v in views]).to(dev) for c in range(2 + n_local)]
+    photometric = DINOv2Photometric(seed=0)
+    photometric(crops, step=0)  # warm-up: kernels, allocator
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for step in range(1, repeats + 1):
+        photometric(crops, step)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    batched = batch_size * repeats / (time.perf_counter() - start)
+    result = {
+        "benchmark": "augment", "algorithm": "dinov2",
+        "crops": f"2x{global_size} + {n_local}x{local_size}", "source_size": size,
+        "cpu_full_images_per_s_per_core": round(full, 1),
+        "cpu_crops_only_images_per_s_per_core": round(geometric, 1),
+        "device": str(dev), "device_batch_size": batch_size,
+        "device_threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "device_photometric_images_per_s": round(batched, 1),
+    }
+    threads = f", {result['device_threads']} threads" if dev.type == "cpu" else ""
+    print(f"DINOv2 augmentation, {result['crops']} from {size} px: CPU loader "
+          f"{full:.1f} images/s per core with colour/blur, {geometric:.1f} crops only; "
+          f"batched colour/blur on {dev}{threads}: {batched:.1f} images/s")
+    record_benchmark(f"augment_dinov2_{global_size}px_{dev.type}", result)
     return result

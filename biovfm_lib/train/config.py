@@ -18,6 +18,7 @@ import yaml
 from biovfm_lib.params import PretrainParams
 
 # Parameters that change how a run executes, not what it learns: excluded from its name.
+# (augment_on is not one: the device draws other random crops' colours than the loader.)
 _EXECUTION_ONLY = ("num_workers", "log_every", "checkpoint_every", "launcher", "slurm", "name",
                    "out_root", "activation_checkpointing", "compile")
 FSDP_SIZES = ("large", "huge")
@@ -45,6 +46,8 @@ class TrainConfig:
     checkpoint_every: int
     log_every: int
     out_dir: str
+    # "auto" | "loader" | "device"; configs written before it existed ran in the loader
+    augment_on: str = "loader"
     params: dict[str, Any] = field(default_factory=dict)  # the notebook parameters, for record
 
     def to_yaml(self, path: Path) -> None:
@@ -91,6 +94,8 @@ def run_name(p: PretrainParams) -> str:
     subset = f"n{p.data_count}" if p.data_count else f"f{p.data_fraction:g}"
     if p.modalities:
         subset += "-" + "+".join(sorted(p.modalities))
+    if p.corpus_subset:
+        subset = f"{p.corpus_subset}-{subset}"
     return f"{p.algorithm}-{p.encoder}-{subset}-{digest}"
 
 
@@ -102,6 +107,9 @@ def data_sources(p: PretrainParams) -> list[dict[str, Any]]:
     root = resolve(p.data_root)
     if p.data == "folder":
         return [{"name": root.name, "kind": "folder", "modality": "mixed", "root": str(root)}]
+    if p.data == "corpus":
+        return [{"name": root.name, "kind": "corpus", "root": str(root),
+                 "subset": p.corpus_subset or None}]
     if p.data == "synthetic":
         from biovfm_lib.data.synthetic import write_synthetic
 
@@ -127,5 +135,5 @@ def resolve_config(p: PretrainParams) -> TrainConfig:
         strategy=strategy, activation_checkpointing=p.activation_checkpointing,
         compile=p.compile, num_workers=p.num_workers, checkpoint_every=p.checkpoint_every,
         log_every=p.log_every, out_dir=str(resolve(p.out_root) / run_name(p)),
-        params=p.as_dict(),
+        augment_on=p.augment_on, params=p.as_dict(),
     )

@@ -61,6 +61,9 @@ def prepare(p: PretrainParams) -> tuple[TrainConfig, Path]:
     return cfg, path
 
 
+LAUNCHER_PID = "BIOVFM_LAUNCHER_PID"
+
+
 def launch(p: PretrainParams, live: bool = True) -> LaunchResult:
     """Run pretraining to the end (or submit it to Slurm) and return where it wrote."""
     cfg, config = prepare(p)
@@ -68,7 +71,7 @@ def launch(p: PretrainParams, live: bool = True) -> LaunchResult:
         return submit_slurm(p, cfg, config)
     nproc = processes_per_node(p)
     cmd = torchrun_command(config, nproc)
-    env = dict(os.environ)
+    env = {**os.environ, LAUNCHER_PID: str(os.getpid())}  # ranks stop if this process dies
     if nproc > 1 and "OMP_NUM_THREADS" not in env:  # CPU ranks share the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     log_file = cfg.dir / "launch.log"

@@ -22,7 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from biovfm_lib.data.pretrain import PretrainImages, index_images, select_subset
+from biovfm_lib.curation.subsets import select_subset
+from biovfm_lib.data.device_augment import DINOv2Photometric
+from biovfm_lib.data.pretrain import PretrainImages, index_images
 from biovfm_lib.data.sampler import ResumableDistributedSampler
 from biovfm_lib.data.ssl_transforms import DINOv2Augmentation, MAEAugmentation
 from biovfm_lib.models.checkpoints import export_backbone
@@ -49,21 +51,35 @@ class TrainingStopped(RuntimeError):
     """The run was stopped on purpose (non-finite loss, collapse); the message says why."""
 
 
-def build_method(cfg: TrainConfig, global_batch: int, total_steps: int
-                 ) -> tuple[nn.Module, Any]:
-    """The objective and the per-sample augmentation it expects."""
+def build_method(cfg: TrainConfig, global_batch: int, total_steps: int,
+                 photometric: bool = True) -> tuple[nn.Module, Any]:
+    """The objective and the per-sample augmentation it expects (for DINOv2 without
+    ``photometric``: the uint8 crops that :func:`device_augmentation` finishes)."""
     if cfg.algorithm == "dinov2":
         mcfg = DINOv2Config.for_size(
             cfg.size, **{"global_crop_size": cfg.img_size, "local_crop_size": cfg.local_size,
                          "n_local_crops": cfg.n_local, "batch_size": global_batch,
                          **cfg.method})
         return DINOv2(mcfg, total_steps), DINOv2Augmentation(
-            mcfg.global_crop_size, mcfg.local_crop_size, mcfg.n_local_crops)
+            mcfg.global_crop_size, mcfg.local_crop_size, mcfg.n_local_crops,
+            photometric=photometric)
     if cfg.algorithm == "mae":
         mcfg = MAEConfig.for_size(cfg.size, **{"img_size": cfg.img_size,
                                                "batch_size": global_batch, **cfg.method})
         return MAE(mcfg, total_steps), MAEAugmentation(mcfg.img_size)
     raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose dinov2 or mae")
+
+
+def device_augmentation(cfg: TrainConfig, env: DistEnv) -> DINOv2Photometric | None:
+    """DINOv2's photometric augmentation for the training device, or None where the loader
+    does it. ``auto`` picks the device on a GPU, where the CPU loader would starve the model,
+    and the loader on a CPU, where both share the same cores. MAE's augmentation (a crop and a
+    flip) is cheap and always stays in the loader."""
+    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto"
+                                               and env.device.type == "cuda")
+    if cfg.algorithm != "dinov2" or not on_device:
+        return None
+    return DINOv2Photometric(seed=cfg.seed, rank=env.rank)
 
 
 def training_images(cfg: TrainConfig):
@@ -131,7 +147,11 @@ def train(cfg: TrainConfig) -> Path | None:
     total = min(total, cfg.max_steps) if cfg.max_steps else total
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    method, transform = build_method(cfg, global_batch, total)
+    photometric = device_augmentation(cfg, env)
+    method, transform = build_method(cfg, global_batch, total, photometric=photometric is None)
+    if env.is_main and cfg.algorithm == "dinov2":
+        print(f"colour, blur and solarisation: "
+              f"{'on ' + env.device.type if photometric else 'in the loader'}", flush=True)
     bf16 = use_bf16(cfg, env.device)
     model = prepare_model(method, cfg.strategy, env, cfg.activation_checkpointing, cfg.compile,
                           bf16)
@@ -166,6 +186,8 @@ def train(cfg: TrainConfig) -> Path | None:
         for batch in loader:
             lr, wd = method.lr(step), method.weight_decay(step)
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            if photometric is not None:
+                batch = photometric.on_batch(batch, step)
             result, grad_norm = train_step(model, method, opt, batch, step, bf16)
             step += 1
             sampler.advance(cfg.batch_size)
@@ -218,6 +240,18 @@ def _record(step: int, steps_per_epoch: int, result: dict, loss: torch.Tensor, l
     return record
 
 
+def data_subset(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint's sidecar says it trained on: the subset arguments, plus the named
+    subsets of curated corpora it drew from, with their definitions (a name alone says
+    nothing once the corpus is gone or redefined)."""
+    named = {}
+    for source in cfg.sources:
+        if source.get("kind") == "corpus" and source.get("subset"):
+            index = json.loads((Path(source["root"]) / "subsets" / "index.json").read_text())
+            named[source["name"]] = {"name": source["subset"], **index[source["subset"]]}
+    return {**cfg.subset, **({"corpus_subsets": named} if named else {})}
+
+
 def _export(cfg: TrainConfig, model: nn.Module, env: DistEnv, stem: Path, step: int,
             global_batch: int, n_images: int) -> Path | None:
     """Export the backbone (DINOv2 teacher / MAE encoder) from a gathered, unsharded copy."""
@@ -231,7 +265,7 @@ def _export(cfg: TrainConfig, model: nn.Module, env: DistEnv, stem: Path, step: 
         backbone = method.backbone_for_export()
         path, _ = export_backbone(
             backbone, method.spec, stem, algorithm=cfg.algorithm, size=cfg.size,
-            data_subset=cfg.subset, n_train_images=n_images, steps=step,
+            data_subset=data_subset(cfg), n_train_images=n_images, steps=step,
             images_seen=step * global_batch, sources=[s["name"] for s in cfg.sources],
             run=cfg.dir.name)
         print(f"exported backbone: {path}", flush=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from biovfm_lib.curation.pipeline import corpus_roots
 from biovfm_lib.data.pretrain import PretrainImages
 from biovfm_lib.data.ssl_transforms import IMAGENET_MEAN, IMAGENET_STD
 from biovfm_lib.data.synthetic import synthetic_info
@@ -96,9 +97,14 @@ def plot_log(log: pd.DataFrame) -> plt.Figure:
 
 
 def data_source(p: PretrainParams) -> str:
-    """"synthetic" for generated MedMNIST-format data, "real" otherwise."""
+    """"synthetic" for generated MedMNIST-format data, "real" otherwise; a curated corpus
+    is "mixed" when only some of its sources are synthetic."""
     if p.data == "folder":
         return "real"
+    if p.data == "corpus":
+        flags = {name: synthetic_info(Path(root)) is not None
+                 for name, root in corpus_roots(resolve(p.data_root)).items()}
+        return "synthetic" if all(flags.values()) else "mixed" if any(flags.values()) else "real"
     return "synthetic" if synthetic_info(resolve(p.data_root)) is not None else "real"
 
 
@@ -107,6 +113,12 @@ def data_banner(p: PretrainParams) -> str:
     subset = (f"{p.data_count} images" if p.data_count else f"{p.data_fraction:.0%} subset")
     subset += f", modalities {p.modalities}" if p.modalities else ", all modalities"
     where = f"`{resolve(p.data_root)}`"
+    if p.data == "corpus":
+        named = f"subset `{p.corpus_subset}`" if p.corpus_subset else "all of it"
+        mixed = {"synthetic": " All its sources are SYNTHETIC.",
+                 "mixed": " Some of its sources are SYNTHETIC MedMNIST-format images."}
+        return (f"**Data: a curated corpus** at {where} ({named}; {subset})."
+                + mixed.get(data_source(p), ""))
     if data_source(p) == "synthetic":
         return (f"**Data: SYNTHETIC** MedMNIST-format train images at {where} ({subset}). "
                 "They exercise the pipeline; they say nothing about medical images.")

@@ -1,0 +1,1 @@
+"""Curation: raw biomedical image sources to one deduplicated, subsettable, sharded corpus."""
