@@ -84,6 +84,10 @@ def data_description(record: dict[str, Any]) -> str:
     if record.get("notebook") == "04_scaling":
         return _scaling_data(params)
     source = record.get("data_source")
+    if record.get("notebook") == "01_curation":
+        kind = {"synthetic": "raw sources, all SYNTHETIC", "mixed": "raw sources, some SYNTHETIC",
+                "real": "raw sources of real images"}.get(source, "raw sources")
+        return f"{kind} from {params.get('sources')} into the corpus {params.get('out')}"
     if params.get("data") in ("corpus", "folder"):  # pretraining images, not MedMNIST
         kind = "curated corpus" if params["data"] == "corpus" else "image folder"
         kind = {"synthetic": f"SYNTHETIC {kind}", "mixed": f"{kind}, partly SYNTHETIC",

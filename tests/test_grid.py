@@ -335,6 +335,21 @@ def test_smoke_grid_runs_every_point_then_the_analysis(smoke_grid):
     assert set(from_runs.axis) == {"model_size", "data_size:nano"}  # found via the sidecars
     assert from_runs.slope.isna().all() and from_runs.note.str.contains("distinct x").all()
 
+    properties_id = json.loads(g.after.set_index("id").run_ids["05_task_properties"])[
+        "05_task_properties"]
+    properties_dir = g.outputs / "runs" / "05_task_properties" / properties_id
+    props = pd.read_parquet(properties_dir / "task_properties.parquet")
+    assert list(props.columns) == ["task", "n_train", "n_classes", "task_type", "dbi_features",
+                                   "dbi_pixels", "compress_gzip", "compress_png", "entropy"]
+    assert len(props) == 5 and props.drop(columns=["task", "task_type"]).notna().all().all()
+    corr = pd.read_parquet(properties_dir / "correlations.parquet")
+    assert list(corr.columns[:8]) == ["algorithm", "property", "method", "r", "p_value",
+                                      "p_adjusted", "ci_low", "ci_high"]
+    assert set(corr.algorithm) == {"dinov2", "mae"} and corr.r.between(-1, 1).all()
+    assert run_record(g.outputs, "05_task_properties", properties_id)["data_source"] == \
+        "synthetic"
+    assert "SYNTHETIC" in (properties_dir / "05_task_properties.html").read_text()
+
 
 @pytest.mark.slow
 def test_killed_grid_resumes_only_the_missing_points(smoke_grid):

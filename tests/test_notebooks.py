@@ -118,6 +118,8 @@ def test_demo_chain_curates_pretrains_and_probes(isolated_outputs):
     assert {"study_composition.png", "survival.png", "rejects.png", "samples_by_modality.png",
             "subsets.png"} <= {p.name for p in (curation_dir / "figures").iterdir()}
     assert pd.read_parquet(corpus / "rejects.parquet").reason.eq("not_an_image").any()
+    assert json.loads((curation_dir / "run.json").read_text())["data_source"] == "mixed"
+    assert "some SYNTHETIC" in (curation_dir / "01_curation.html").read_text()
 
     run_dir = run_notebook("02_pretrain", "params/pretrain/smoke.yaml", isolated_outputs)
     record = json.loads((run_dir / "run.json").read_text())
@@ -154,19 +156,3 @@ def test_scaling_notebook_on_the_reference_table(isolated_outputs):
     assert (run_dir / "slope_differences.parquet").is_file()
     assert {"mean_auc.png", "tasks_auc.png", "slopes_auc.png"} <= {
         p.name for p in (run_dir / "figures").iterdir()}
-
-
-@pytest.mark.slow
-def test_properties_notebook_smoke(isolated_outputs):
-    run_dir = run_notebook("05_task_properties", "params/properties/smoke.yaml",
-                           isolated_outputs)
-    props = pd.read_parquet(run_dir / "task_properties.parquet")
-    assert list(props.columns) == ["task", "n_train", "n_classes", "task_type", "dbi_features",
-                                   "dbi_pixels", "compress_gzip", "compress_png", "entropy"]
-    assert len(props) == 12 and props.drop(columns=["task", "task_type"]).notna().all().all()
-    corr = pd.read_parquet(run_dir / "correlations.parquet")
-    assert list(corr.columns[:8]) == ["algorithm", "property", "method", "r", "p_value",
-                                      "p_adjusted", "ci_low", "ci_high"]
-    assert set(corr.algorithm) == {"dinov2", "mae"} and corr.r.between(-1, 1).all()
-    assert json.loads((run_dir / "run.json").read_text())["data_source"] == "synthetic"
-    assert "SYNTHETIC" in (run_dir / "05_task_properties.html").read_text()

@@ -63,6 +63,7 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.
                 mfc=None if source == "runs" else "none",
                 label=curve_label(source, algo, data, modality))
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # a single size would label every minor tick
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
     ax.legend(fontsize=7)

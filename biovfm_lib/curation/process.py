@@ -13,6 +13,7 @@ import io
 import json
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def process_part(part: Part, out_dir: str | Path, settings: Settings) -> dict:
     staging, parts = Path(out_dir) / "staging", Path(out_dir) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     rows, rejects = [], []
-    with ShardWriter(staging, name, max_members=2**31, max_bytes=2**62) as writer:
+    with ShardWriter(staging, name, max_members=2**31, max_bytes=2**62) as writer, \
+            warnings.catch_warnings():
+        # pydicom warns about every odd file it still reads; what matters lands in rejects
+        warnings.filterwarnings("ignore", module="pydicom")
         for rel in part.files:
             _stage_file(part, rel, settings, writer, rows, rejects)
     replace_parquet(pd.DataFrame(rejects, columns=list(REJECT_COLUMNS)),
