@@ -107,6 +107,14 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_augment(args: argparse.Namespace) -> int:
+    from biovfm_lib.train.bench import bench_augment
+
+    bench_augment(global_size=args.img_size, local_size=args.local_size, n_local=args.n_local,
+                  batch_size=args.batch_size, device=args.device)
+    return 0
+
+
 def cmd_bench_curate(args: argparse.Namespace) -> int:
     from biovfm_lib.curation.bench import bench_curate
 
@@ -203,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--batch-size", type=int, default=256)
     bp.add_argument("--device", default="auto")
     bp.set_defaults(func=cmd_bench_probe)
+    ba = bench_sub.add_parser("augment", help="DINOv2 augmentation images/s: CPU loader "
+                                              "vs batched photometrics on the device")
+    ba.add_argument("--img-size", type=int, default=224)
+    ba.add_argument("--local-size", type=int, default=98)
+    ba.add_argument("--n-local", type=int, default=8)
+    ba.add_argument("--batch-size", type=int, default=64)
+    ba.add_argument("--device", default="auto")
+    ba.set_defaults(func=cmd_bench_augment)
     bc = bench_sub.add_parser("curate", help="curation images/s per core (DICOM, PNG) and "
                                              "shard read throughput")
     bc.add_argument("--images", type=int, default=400, help="images per input format")
