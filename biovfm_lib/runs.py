@@ -104,15 +104,10 @@ def atomic_write_json(path: Path, obj: Any, overwrite: bool = False) -> Path:
     return atomic_write_bytes(path, text.encode(), overwrite=overwrite)
 
 
-def write_table(df: pd.DataFrame, path: Path) -> Path:
-    """Write a result table as parquet, atomically, never over an existing one."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        return atomic_write_bytes(path, Path(tmp).read_bytes())
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def write_table(df: pd.DataFrame, path: Path, overwrite: bool = False) -> Path:
+    """Write a table as parquet, atomically; never over an existing one unless ``overwrite``
+    (tables a corpus or a grid rewrites in place, whose readers must see old or new whole)."""
+    return atomic_write_bytes(path, df.to_parquet(index=False), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- provenance

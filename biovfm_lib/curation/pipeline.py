@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from biovfm_lib.curation.atomic import replace_json, replace_parquet
 from biovfm_lib.curation.dedup import find_duplicates
 from biovfm_lib.curation.process import (
     IMAGE_COLUMNS,
@@ -50,6 +49,7 @@ from biovfm_lib.curation.shards import ShardWriter, read_member
 from biovfm_lib.curation.sources import Source, load_sources
 from biovfm_lib.curation.subsets import select_subset
 from biovfm_lib.params import CurationParams
+from biovfm_lib.runs import atomic_write_json, write_table
 
 MANIFEST_COLUMNS = (*IMAGE_COLUMNS[:-2], "shard", "offset")
 SUMMARY_COLUMNS = ("source", "modality", "available", "files", "images_read", "rejects",
@@ -99,11 +99,12 @@ def curate(sources: list[Source], out_dir: str | Path, settings: Settings | None
     if _read_state(out) != state or not (out / "manifest.parquet").is_file():
         _finalise(sources, parts, out, settings, near_distance, subsets or {}, shard_images,
                   progress)
-        replace_json(out / STATE, state)
+        atomic_write_json(out / STATE, state, overwrite=True)
     if clean_staging:
         shutil.rmtree(out / "staging", ignore_errors=True)
         shutil.rmtree(out / "parts", ignore_errors=True)
-        replace_json(out / STATE, {**state, "parts": []})  # a rerun restages: bytes are gone
+        # a rerun restages: the bytes are gone
+        atomic_write_json(out / STATE, {**state, "parts": []}, overwrite=True)
     staged = sum(s["images"] for s in stats)
     busy = sum(s["seconds"] for s in stats)
     return CurationResult(
@@ -171,12 +172,12 @@ def _finalise(sources: list[Source], parts: list[Part], out: Path, settings: Set
     duplicates = find_duplicates(images, near_distance)
     kept = images[~images["image_id"].isin(duplicates["image_id"])]
     manifest = _write_shards(kept, out, settings, shard_images, progress)
-    replace_parquet(rejects, out / "rejects.parquet")
-    replace_parquet(duplicates, out / "duplicates.parquet")
-    replace_parquet(summarise(sources, parts, images, rejects, duplicates, manifest),
-                   out / "summary.parquet")
+    write_table(rejects, out / "rejects.parquet", overwrite=True)
+    write_table(duplicates, out / "duplicates.parquet", overwrite=True)
+    write_table(summarise(sources, parts, images, rejects, duplicates, manifest),
+                out / "summary.parquet", overwrite=True)
     _write_subsets(manifest, out / "subsets", subsets)
-    replace_parquet(manifest, out / "manifest.parquet")
+    write_table(manifest, out / "manifest.parquet", overwrite=True)
 
 
 def _write_shards(kept: pd.DataFrame, out: Path, settings: Settings, shard_images: int,
@@ -239,9 +240,9 @@ def _write_subsets(manifest: pd.DataFrame, folder: Path, subsets: dict[str, dict
             raise ValueError(f"subset {name!r}: unknown keys {sorted(unknown)}; use fraction "
                              f"or count, modalities, seed")
         chosen = select_subset(manifest, **spec)
-        replace_parquet(chosen[["image_id"]], folder / f"{name}.parquet")
+        write_table(chosen[["image_id"]], folder / f"{name}.parquet", overwrite=True)
         index[name] = {**spec, "images": len(chosen)}
-    replace_json(folder / "index.json", index)
+    atomic_write_json(folder / "index.json", index, overwrite=True)
 
 
 def load_manifest(out_dir: str | Path, subset: str | None = None) -> pd.DataFrame:

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from biovfm_lib.curation.atomic import replace_parquet
 from biovfm_lib.curation.dedup import content_hash, perceptual_hash
 from biovfm_lib.curation.frames import Frame, Unusable, check_frame, standardise
 from biovfm_lib.curation.readers import detect_reader, read_frames
 from biovfm_lib.curation.shards import ShardWriter
+from biovfm_lib.runs import write_table
 
 IMAGE_COLUMNS = ("image_id", "source", "modality", "anatomy", "raw_path", "frame",
                  "orig_height", "orig_width", "bit_depth", "channels", "height", "width",
@@ -71,9 +71,10 @@ def process_part(part: Part, out_dir: str | Path, settings: Settings) -> dict:
         warnings.filterwarnings("ignore", module="pydicom")
         for rel in part.files:
             _stage_file(part, rel, settings, writer, rows, rejects)
-    replace_parquet(pd.DataFrame(rejects, columns=list(REJECT_COLUMNS)),
-                   parts / f"{name}.rejects.parquet")
-    replace_parquet(pd.DataFrame(rows, columns=list(IMAGE_COLUMNS)), parts / f"{name}.parquet")
+    write_table(pd.DataFrame(rejects, columns=list(REJECT_COLUMNS)),
+                parts / f"{name}.rejects.parquet", overwrite=True)
+    write_table(pd.DataFrame(rows, columns=list(IMAGE_COLUMNS)), parts / f"{name}.parquet",
+                overwrite=True)
     return {"part": name, "files": len(part.files), "images": len(rows),
             "rejects": len(rejects), "seconds": time.perf_counter() - start}
 

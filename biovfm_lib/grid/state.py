@@ -14,9 +14,7 @@ import datetime as dt
 import fcntl
 import itertools
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,13 +107,7 @@ class GridState:
         """Rebuild ``status.parquet`` (and ``grid.json``, what the index page reads)."""
         with self.lock("status", wait=True):
             df = self.status_table()
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".status.", suffix=".tmp")
-            os.close(fd)
-            try:  # readers see the old table or the new one, never half of one
-                df.to_parquet(tmp, index=False)
-                os.replace(tmp, self.dir / "status.parquet")
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            runs.write_table(df, self.dir / "status.parquet", overwrite=True)
             info = {"name": self.grid.name, "file": str(self.grid.path),
                     "description": self.grid.description, "axes": self.grid.axes,
                     "updated": runs.now()}
