@@ -20,6 +20,7 @@ from biovfm_lib.data.synthetic import (
     MIN_PER_CLASS,
     SYNTHETIC_MARKER,
     TASKS,
+    data_kind,
     synthetic_info,
     write_synthetic,
 )
@@ -237,3 +238,11 @@ def test_compressibility_differs_between_tasks(root28):
     values = np.array(list(ratios.values()))
     assert values.max() - values.min() > 0.15, ratios
     assert len(np.unique(values.round(2))) >= 8, ratios
+
+
+def test_data_kind_of_several_folders(root28, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    assert data_kind({"s": root28}) == ("synthetic", ["s"])
+    assert data_kind({"r": real, "s": root28}) == ("mixed", ["s"])
+    assert data_kind({"r": real}) == ("real", [])

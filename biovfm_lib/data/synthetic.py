@@ -25,7 +25,7 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -528,3 +528,11 @@ def synthetic_info(root: str | Path) -> dict | None:
     kind of data their numbers come from."""
     path = Path(root) / SYNTHETIC_MARKER
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def data_kind(roots: Mapping[str, str | Path]) -> tuple[str, list[str]]:
+    """For data drawn from several folders (by name): "synthetic" when all are, "mixed" when
+    some are, else "real"; and the names of the synthetic ones, for the report to list."""
+    synthetic = [name for name, root in roots.items() if synthetic_info(root) is not None]
+    kind = "synthetic" if len(synthetic) == len(roots) else "mixed" if synthetic else "real"
+    return kind, synthetic

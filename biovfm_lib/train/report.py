@@ -12,7 +12,7 @@ import torch
 from biovfm_lib.curation.pipeline import corpus_roots
 from biovfm_lib.data.pretrain import PretrainImages
 from biovfm_lib.data.ssl_transforms import IMAGENET_MEAN, IMAGENET_STD
-from biovfm_lib.data.synthetic import synthetic_info
+from biovfm_lib.data.synthetic import data_kind, synthetic_info
 from biovfm_lib.params import PretrainParams
 from biovfm_lib.runs import resolve
 from biovfm_lib.train.config import TrainConfig
@@ -102,9 +102,7 @@ def data_source(p: PretrainParams) -> str:
     if p.data == "folder":
         return "real"
     if p.data == "corpus":
-        flags = {name: synthetic_info(Path(root)) is not None
-                 for name, root in corpus_roots(resolve(p.data_root)).items()}
-        return "synthetic" if all(flags.values()) else "mixed" if any(flags.values()) else "real"
+        return data_kind(corpus_roots(resolve(p.data_root)))[0]
     return "synthetic" if synthetic_info(resolve(p.data_root)) is not None else "real"
 
 
