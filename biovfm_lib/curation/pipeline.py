@@ -23,7 +23,6 @@ Output folder::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -47,7 +46,7 @@ from biovfm_lib.curation.process import (
 )
 from biovfm_lib.curation.shards import ShardWriter, read_member
 from biovfm_lib.curation.sources import Source, load_sources
-from biovfm_lib.curation.subsets import select_subset
+from biovfm_lib.curation.subsets import id_hash, select_subset
 from biovfm_lib.params import CurationParams
 from biovfm_lib.runs import atomic_write_json, write_table
 
@@ -184,7 +183,8 @@ def _write_shards(kept: pd.DataFrame, out: Path, settings: Settings, shard_image
                   progress: bool) -> pd.DataFrame:
     """Copy kept images into shuffled, evenly sized shards (so a streaming reader's buffer
     mixes sources) under a fresh folder that replaces ``shards/`` only when complete."""
-    order = np.argsort([hash_key(i) for i in kept["image_id"]], kind="stable")
+    hashes = np.fromiter(map(id_hash, kept["image_id"]), np.uint64, len(kept))
+    order = np.argsort(hashes, kind="stable")
     kept = kept.iloc[order].reset_index(drop=True)
     fresh = out / "shards.partial"
     shutil.rmtree(fresh, ignore_errors=True)
@@ -205,11 +205,6 @@ def _write_shards(kept: pd.DataFrame, out: Path, settings: Settings, shard_image
     manifest["shard"] = pd.Series(shards, dtype=object)
     manifest["offset"] = np.asarray(offsets, dtype=np.int64)
     return manifest[list(MANIFEST_COLUMNS)]
-
-
-def hash_key(image_id: str) -> bytes:
-    """The shuffled shard order: stable across runs and Python versions."""
-    return hashlib.blake2b(image_id.encode(), digest_size=8).digest()
 
 
 def summarise(sources: list[Source], parts: list[Part], images: pd.DataFrame,

@@ -36,7 +36,7 @@ def select_subset(index: pd.DataFrame, fraction: float = 1.0, count: int | None 
     codes, _ = pd.factorize(pool["source"], sort=True)  # sources in name order
     sizes = np.bincount(codes)
     key = hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=16).digest()
-    hashes = np.fromiter((_id_hash(i, key) for i in pool["image_id"]), np.uint64, len(pool))
+    hashes = np.fromiter((id_hash(i, key) for i in pool["image_id"]), np.uint64, len(pool))
     order = np.lexsort((hashes, codes))  # by source, then hash (a 64-bit tie keeps row order)
     starts = np.cumsum(sizes) - sizes
     chosen = np.zeros(len(pool), dtype=bool)
@@ -76,8 +76,9 @@ def _subset_size(pool: int, fraction: float, count: int | None) -> int:
     return n
 
 
-def _id_hash(image_id: str, key: bytes) -> int:
-    """64-bit keyed BLAKE2b of an id: stable across Python, numpy and pandas versions."""
+def id_hash(image_id: str, key: bytes = b"") -> int:
+    """64-bit (keyed) BLAKE2b of an id: stable across Python, numpy and pandas versions, so
+    subsets and the corpus's shuffled shard order never change under a library upgrade."""
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8, key=key).digest(),
                           "big")
 
