@@ -4,27 +4,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import yaml
 
 from biovfm_lib.params import MEDMNIST_2D_TASKS, MEDMNIST_SIZES, ParamError
-
-
-def _parse_value(text: str) -> Any:
-    """``-p key value`` values are YAML scalars/lists, as in papermill's own ``-y``."""
-    return yaml.safe_load(text)
+from biovfm_lib.runs import FolderBusy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from biovfm_lib import runs
+    from biovfm_lib.execution import execute
+    from biovfm_lib.params import params_for
+    from biovfm_lib.runs import notebook_path
 
-    overrides = {k: _parse_value(v) for k, v in args.parameters}
-    result = runs.execute(args.notebook, args.file, overrides, progress=not args.quiet)
+    params = params_for(notebook_path(args.notebook).stem)
+    overrides = {k: params.parse_override(k, v) for k, v in args.parameters}
+    result = execute(args.notebook, args.file, overrides, progress=not args.quiet)
     print(f"run {result.status}: {result.run_dir}")
     if result.html:
         print(f"report: {result.html}")
     if result.error:
+        print(f"traceback: {result.run_dir / 'error.txt'}", file=sys.stderr)
         print(f"error: {result.error}", file=sys.stderr)
         return 1
     return 0
@@ -46,6 +43,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return 0
     from biovfm_lib.grid.runner import run_grid
 
+    if not args.analysis_only:  # before anything starts: what a point would find missing
+        todo = [grid.point(k) for k in args.points] if args.points else grid.points
+        if missing := next((m for p in todo if (m := p.missing_input())), None):
+            raise FileNotFoundError(missing)
     summary = run_grid(grid, force=args.force, jobs=args.jobs, gpu_sets=args.gpus,
                        only=args.points, points=not args.analysis_only)
     print(summary.text())
@@ -56,6 +57,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     from biovfm_lib.reports import build_index
 
     print(f"index: {build_index()}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from biovfm_lib.reports import collect_runs
+
+    problems: list = []
+    found = [r for r in collect_runs(problems) if not args.notebook or r.notebook == args.notebook]
+    for r in found:
+        process = r.record.get("process") or {}
+        where = f"{process.get('host', '?')}:{process.get('pid', '?')}" if process else ""
+        print(f"{r.notebook:<20} {r.run_id:<24} {r.status:<10} "
+              f"{r.record.get('started') or '':<26} {where}")
+    for path, reason in problems:
+        print(f"unreadable: {path}: {reason}")
     return 0
 
 
@@ -78,22 +94,19 @@ def cmd_medmnist(args: argparse.Namespace) -> int:
         paths = mm.download(root, args.size, args.tasks)
         print(f"downloaded and verified {len(paths)} files in {root}")
         return 0
-    missing = 0
+    bad = 0
     for flag in args.tasks:
-        try:
-            path = mm.check_file(root, flag, args.size, verify_md5=args.verify)
-            print(f"ok       {path}")
-        except mm.MedMNISTFileError as err:
-            missing += 1
-            print(f"missing  {err}")
-    return 1 if missing else 0
+        state = mm.file_state(root, flag, args.size, verify_md5=args.verify)
+        bad += not state.good
+        print(f"{state.state:<12}  {state.detail}")
+    return 1 if bad else 0
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
     from biovfm_lib.curation.pipeline import curate_params
     from biovfm_lib.params import CurationParams
 
-    values = {k: _parse_value(v) for k, v in args.parameters}
+    values = {k: CurationParams.parse_override(k, v) for k, v in args.parameters}
     values.update(sources=args.sources, out=args.out)
     result = curate_params(CurationParams.validate_mapping(values), progress=not args.quiet)
     print(result.summary.to_string(index=False))
@@ -102,6 +115,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
           f"({len(result.rejects)} rejects, {len(result.duplicates)} duplicates removed; "
           f"parts done {result.parts_done}, already done {result.parts_skipped}"
           + (f"; {rate:.0f} images/s per core" if rate else "") + ")")
+    print(result.changes_line())
     if result.skipped_sources:
         print(f"sources without a root (not downloaded here): {len(result.skipped_sources)}")
     return 0
@@ -133,10 +147,14 @@ def cmd_bench_probe(args: argparse.Namespace) -> int:
 def cmd_bench_pretrain(args: argparse.Namespace) -> int:
     from biovfm_lib.train.bench import bench_pretrain
 
-    bench_pretrain(algorithm=args.algo, size=args.size, batch_size=args.batch_size,
-                   steps=args.steps, img_size=args.img_size, local_size=args.local_size,
-                   n_local=args.n_local, activation_checkpointing=args.activation_checkpointing,
-                   compile_blocks=args.compile, device=args.device)
+    # all: both DINOv2 recipes, the study's (2x224 + 8x96 at patch 16) and the variant
+    every = ["study", "dinov2_p14"] if args.algo == "dinov2" else ["study"]
+    for recipe in every if args.recipe == "all" else [args.recipe]:
+        bench_pretrain(algorithm=args.algo, size=args.size, batch_size=args.batch_size,
+                       steps=args.steps, img_size=args.img_size, local_size=args.local_size,
+                       n_local=args.n_local,
+                       activation_checkpointing=args.activation_checkpointing,
+                       compile_blocks=args.compile, device=args.device, recipe=recipe)
     return 0
 
 
@@ -169,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="build outputs/index.html over all runs and grids")
     report.set_defaults(func=cmd_report)
+    listing = sub.add_parser("runs", help="list run folders with their status (a dead run's "
+                                          "'running' shows as killed)")
+    listing.add_argument("--notebook", default="", help="only this notebook's runs (03_probe)")
+    listing.set_defaults(func=cmd_runs)
 
     data = sub.add_parser("data", help="MedMNIST data tools").add_subparsers(
         dest="data_command", required=True)
@@ -188,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=MEDMNIST_2D_TASKS)
     mm.add_argument("--download", action="store_true",
                     help="fetch with the medmnist package's downloader (needs network)")
-    mm.add_argument("--verify", action="store_true", help="check MD5 against medmnist.INFO")
+    mm.add_argument("--verify", action="store_true",
+                    help="also check MD5 against medmnist.INFO (reads each file whole; keys, "
+                         "dtypes, shapes, labels and counts are always checked)")
     mm.set_defaults(func=cmd_medmnist)
 
     cur = sub.add_parser("curate", help="curate raw image sources into a sharded corpus")
@@ -231,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--batch-size", type=int, default=64)
     bt.add_argument("--steps", type=int, default=20)
     bt.add_argument("--img-size", type=int, default=224)
-    bt.add_argument("--local-size", type=int, default=98)
+    bt.add_argument("--local-size", type=int, default=0, help="0: the recipe's")
     bt.add_argument("--n-local", type=int, default=8)
+    bt.add_argument("--recipe", choices=["all", "study", "dinov2_p14"], default="all",
+                    help="DINOv2: both recipes (all) or one; MAE has only study")
     bt.add_argument("--activation-checkpointing", action="store_true")
     bt.add_argument("--compile", action="store_true", help="torch.compile each block")
     bt.add_argument("--device", default="auto")
@@ -244,9 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamError, FileNotFoundError, ValueError) as err:
+    except (ParamError, FileNotFoundError, ValueError, FolderBusy) as err:
         print(f"biovfm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was finished stays written; a rerun resumes the rest
+        print("biovfm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

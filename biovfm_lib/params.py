@@ -7,11 +7,11 @@ unknown keys, wrong types and out-of-range values with one error that names each
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -22,14 +22,25 @@ from pydantic import (
     model_validator,
 )
 
+from biovfm_lib.yaml_io import YamlError, parse_yaml, read_yaml
+
 MEDMNIST_2D_TASKS: tuple[str, ...] = (
     "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
     "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
 )
 MEDMNIST_SIZES: tuple[int, ...] = (28, 64, 128, 224)
 
+# The probe's metric names (biovfm_lib.probe.metrics.METRICS, which a test keeps in step).
+ProbeMetric = Literal["auc", "acc", "acc_tuned", "balanced_acc", "mcc", "f1", "f1_macro",
+                      "f1_micro", "recall_macro", "recall_micro"]
+
 # Names the runner injects into every notebook; they are not part of a notebook's own parameters.
 RUNNER_KEYS: tuple[str, ...] = ("run_dir",)
+
+# Pretraining recipes (biovfm_lib.ssl.dinov2.DINOV2_RECIPES; MAE has only "study"). Runs,
+# configs and sidecars written before recipes were named trained what is now LEGACY_RECIPES.
+PretrainRecipe = Literal["study", "dinov2_p14"]
+LEGACY_RECIPES: dict[str, str] = {"dinov2": "dinov2_p14", "mae": "study"}
 
 
 class ParamError(ValueError):
@@ -72,13 +83,29 @@ class NotebookParams(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    @classmethod
+    def parse_override(cls, key: str, text: str) -> Any:
+        """The value of ``-p key text``: YAML, as papermill's ``-y`` reads it, except that a
+        text parameter keeps the text as typed (``-p name no`` is the name "no", not False)."""
+        try:
+            value = parse_yaml(text, f"-p {key}")
+        except YamlError as err:
+            raise ParamError(str(err)) from None
+        field = cls.model_fields.get(key)
+        if field is not None and field.annotation is str and not isinstance(value, str):
+            return text
+        return value
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a parameter file; an empty file is an empty mapping, anything else non-dict is an error."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"parameter file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = read_yaml(path) or {}
+    except YamlError as err:
+        raise ParamError(str(err)) from None
     if not isinstance(data, dict):
         raise ParamError(f"parameter file {path} must hold a mapping of key: value, "
                          f"got {type(data).__name__}")
@@ -105,6 +132,17 @@ def _check_encoder(name: str) -> str:
 
     if name not in VIT_SIZES:
         raise ValueError(f"unknown encoder size {name!r}; choose from {list(VIT_SIZES)}")
+    return name
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _check_plain_name(name: str) -> str:
+    """A folder name, never a path: ``../x`` or ``a/b`` would write outside ``out_root``."""
+    if name and not _PLAIN_NAME.match(name):
+        raise ValueError(f"{name!r} must be a plain folder name: letters, digits and '_.+-', "
+                         "starting with a letter or digit (no '/', no '..')")
     return name
 
 
@@ -137,28 +175,57 @@ class ProbeParams(NotebookParams):
     checkpoint: str = ""  # empty: random initialisation (a baseline)
     checkpoint_format: Literal["auto", "biovfm", "dinov2", "mae", "timm"] = "auto"
     timm_name: str = ""  # architecture of a plain timm checkpoint
+    # heads of a checkpoint that records none (0: its record, else the official ViT's of its
+    # width; other widths are refused, since weights load under any count that divides them)
+    num_heads: int = Field(0, ge=0)
     features: Literal["mean_patch", "cls"] = "mean_patch"
     # protocol
-    protocol: Literal["official", "cached"] = "cached"
+    protocol: Literal["official", "cached"] = "official"  # cached: ours, the fast path
+    # official only (cached features are eval-mode by construction): study = the backbone in
+    # train mode with the study's drop path while heads train (DINOv2 0.3, ViT-H 0.4, else 0),
+    # eval mode for validation and test; eval = the clean variant, eval mode throughout
+    backbone_mode: Literal["study", "eval"] = "study"
+    # feature arithmetic: auto = bf16 autocast on GPU, fp32 on CPU; the study used fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
     lrs: Annotated[list[float], Field(min_length=1), AfterValidator(_check_positive)] = Field(
         default_factory=lambda: [1e-2])
     weight_decay: float = Field(0.0, ge=0)
     bootstrap: int = Field(1000, ge=0)
+    # study: the BioVFM evaluation's rules (its MCC threshold search and its order-statistic
+    # bootstrap interval); exact / percentile: ours (see biovfm_lib/probe/thresholds.py, metrics.py)
+    threshold_rule: Literal["study", "exact"] = "study"
+    ci_rule: Literal["study", "percentile"] = "study"
     seed: int = Field(0, ge=0)
     device: str = "auto"
     extract_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0)
     cache_dir: str = "outputs/cache/features"
 
+    @model_validator(mode="after")
+    def _study_interval_defined(self) -> ProbeParams:
+        from biovfm_lib.probe.metrics import study_min_replicates
+
+        least = study_min_replicates(0.05)
+        if self.ci_rule == "study" and 0 < self.bootstrap < least:
+            raise ValueError(f"bootstrap: ci_rule 'study' takes order statistics and needs at "
+                             f"least {least} replicates (or 0 for none), got {self.bootstrap}; "
+                             "set ci_rule: percentile for fewer")
+        return self
+
 
 class PretrainParams(NotebookParams):
     """Parameters of notebooks/02_pretrain: one self-supervised pretraining run."""
 
     algorithm: Literal["dinov2", "mae"] = "dinov2"
+    # study: what the study ran (DINOv2: dinov2's default config at patch 16, ViT-H at 14,
+    # with its training mechanics; MAE: facebookresearch/mae's main_pretrain); dinov2_p14
+    # (DINOv2 only): patch 14, Sinkhorn-Knopp, weight decay to 0.2, 98 px local crops
+    recipe: PretrainRecipe = "study"
     encoder: EncoderSize = "base"
-    patch_size: int = Field(0, ge=0)  # 0: the recipe's patch (DINOv2 14, MAE 16)
+    # 0: the recipe's patch (DINOv2 study 16, dinov2_p14 14; MAE 16; ViT-H 14)
+    patch_size: int = Field(0, ge=0)
     # data: MedMNIST-format train images (real or synthetic), a folder of images, or a corpus
     # that `biovfm curate` wrote (data_root = its folder; corpus_subset = one of its subsets)
     data: Literal["medmnist", "synthetic", "folder", "corpus"] = "medmnist"
@@ -173,9 +240,10 @@ class PretrainParams(NotebookParams):
     corpus_subset: str = ""  # a named subset of a curated corpus (empty: all of it)
     # crops
     img_size: int = Field(224, ge=8)  # DINOv2 global crops / MAE input
-    local_size: int = Field(98, ge=4)
+    local_size: int = Field(0, ge=0)  # 0: the recipe's (DINOv2 study 96; ViT-H, dinov2_p14 98)
     n_local: int = Field(8, ge=0)
-    # optimisation
+    # optimisation. An epoch is a pass over the data, except for the DINOv2 study recipe:
+    # method.epoch_length iterations (dinov2's OFFICIAL_EPOCH_LENGTH, 1250), as the study ran
     epochs: int = Field(100, ge=1)
     max_steps: int = Field(0, ge=0)  # stop early after this many steps (0: all epochs)
     batch_size: int = Field(64, ge=2)  # per process
@@ -195,7 +263,8 @@ class PretrainParams(NotebookParams):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)
     out_root: str = "outputs/pretrain"  # the training folder is out_root/<name>
-    name: str = ""  # empty: derived from the parameters, so a rerun resumes the same run
+    # a plain folder name; empty: derived from the parameters, so a rerun resumes the same run
+    name: Annotated[str, AfterValidator(_check_plain_name)] = ""
     launcher: Literal["local", "slurm"] = "local"
     slurm: dict[str, Any] = Field(default_factory=dict)  # partition, time, account, ...
 
@@ -207,11 +276,18 @@ class PretrainParams(NotebookParams):
         from biovfm_lib.ssl import DINOv2Config, MAEConfig
 
         config = DINOv2Config if self.algorithm == "dinov2" else MAEConfig
-        known = {f.name for f in dataclasses.fields(config)} - {"size"}
+        known = {f.name for f in dataclasses.fields(config)} - {"size", "recipe"}
         unknown = sorted(set(self.method) - known)
         if unknown:
             raise ValueError(f"method: unknown {config.__name__} key(s) {unknown}; "
                              f"known: {sorted(known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_fits_algorithm(self) -> PretrainParams:
+        if self.algorithm == "mae" and self.recipe != "study":
+            raise ValueError(f"recipe: {self.recipe!r} is a DINOv2 recipe; MAE has only "
+                             "'study' (facebookresearch/mae's main_pretrain)")
         return self
 
 
@@ -221,8 +297,11 @@ class ScalingParams(NotebookParams):
     source: Literal["both", "runs", "reference"] = "both"
     reference: str = "params/reference/biovfm_paper_auc.csv"
     run_ids: list[str] = Field(default_factory=list)  # empty: every completed 03_probe run
-    x: Literal["params_total_m", "params_encoder_m", "images_seen"] = "params_total_m"
-    metrics: list[Literal["auc", "acc", "balanced_acc", "mcc", "f1_macro"]] = Field(
+    # params_study_m: the study's x, the MAE pretraining model's trainable parameters at each
+    # size (runs and the reference table both carry it, so their slopes share one scale)
+    x: Literal["params_study_m", "params_total_m", "params_encoder_m", "images_seen"] = \
+        "params_study_m"
+    metrics: list[ProbeMetric] = Field(
         default_factory=lambda: ["auc"], min_length=1)
     n_boot: int = Field(1000, ge=0)
 
@@ -231,7 +310,8 @@ class PropertiesParams(NotebookParams):
     """Parameters of notebooks/05_task_properties: task properties against scaling slopes."""
 
     data_root: str = "outputs/data/medmnist"
-    data: Literal["medmnist", "synthetic"] = "medmnist"
+    # none: no images; counts from medmnist.INFO, image properties reported as needing data
+    data: Literal["medmnist", "synthetic", "none"] = "medmnist"
     synthetic_scale: float = Field(0.02, gt=0, le=1)
     synthetic_seed: int = Field(0, ge=0)
     size: MedMNISTSize = 224
@@ -242,11 +322,19 @@ class PropertiesParams(NotebookParams):
     sample: int = Field(500, ge=10)  # training images per task, fixed seed
     pixel_size: int = Field(16, ge=2)
     seed: int = Field(0, ge=0)
-    slopes: Literal["reference", "runs"] = "reference"  # runs: the latest 04_scaling run
-    metric: Literal["auc", "acc", "balanced_acc", "mcc", "f1_macro"] = "auc"
+    # reference: refitted on the AUC table; published: the study's own (biovfm_paper_slopes.csv);
+    # runs: the latest 04_scaling run
+    slopes: Literal["reference", "published", "runs"] = "reference"
+    metric: ProbeMetric = "auc"
     n_boot: int = Field(1000, ge=0)
     adjust: Literal["holm", "fdr_bh"] = "holm"
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _published_slopes_are_auc(self) -> PropertiesParams:
+        if self.slopes == "published" and self.metric != "auc":
+            raise ValueError(f"metric: the study published AUC slopes only, got {self.metric!r}")
+        return self
 
 
 class CurationParams(NotebookParams):

@@ -68,8 +68,12 @@ def provenance_html(record: dict[str, Any]) -> str:
     commit = git.get("commit") or "unknown (not a git checkout)"
     if git.get("dirty"):
         commit += " with uncommitted changes"
+    try:
+        data = data_description(record)
+    except Exception as err:  # noqa: BLE001 - a malformed sidecar must not cost the report
+        data = f"not described ({_reason(err)})"
     items = [("run", f"{record.get('notebook', '?')} / {record.get('run_id', '?')}"),
-             ("data", data_description(record)), ("git commit", commit),
+             ("data", data), ("git commit", commit),
              ("started", record.get("started") or "-"),
              ("device", _device(record.get("device") or {}))]
     rows = "".join(f"<div><b>{html.escape(k)}:</b> {html.escape(str(v))}</div>" for k, v in items)
@@ -93,9 +97,10 @@ def data_description(record: dict[str, Any]) -> str:
         kind = {"synthetic": f"SYNTHETIC {kind}", "mixed": f"{kind}, partly SYNTHETIC",
                 "real": f"{kind} of real images"}.get(source, f"{kind} (source not recorded)")
     else:
-        kind = {"synthetic": "SYNTHETIC MedMNIST-format data", "real": "real MedMNIST"}.get(
+        kind = {"synthetic": "SYNTHETIC MedMNIST-format data", "real": "real MedMNIST",
+                "none": "no images (counts from medmnist.INFO)"}.get(
             source, "data source not recorded")
-    where = params.get("data_root")
+    where = params.get("data_root") if source != "none" else None
     text = kind + (f" at {where}" if where else "")
     if record.get("notebook") == "02_pretrain":
         subset = (f"{params['data_count']} images" if params.get("data_count")
@@ -106,7 +111,7 @@ def data_description(record: dict[str, Any]) -> str:
         text += f"; corpus subset: {named}{subset}, {modalities}"
     if params.get("checkpoint"):
         side = _sidecar(params["checkpoint"])
-        subset = side.get("data_subset") or {}
+        subset = side.get("data_subset") if isinstance(side.get("data_subset"), dict) else {}
         text += f"; encoder {params['checkpoint']}" + (
             f" ({side.get('algorithm')} {side.get('size')}, pretrained on "
             f"{_subset_text(subset)}, {side.get('images_seen')} images seen)" if side else "")
@@ -142,7 +147,7 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        return self.record.get("status", "unknown")
+        return runs.effective_status(self.record)
 
     @property
     def html(self) -> Path | None:
@@ -150,27 +155,38 @@ class RunInfo:
         return path if path.is_file() else None
 
 
-def collect_runs() -> list[RunInfo]:
-    """Every run folder with a record, newest first within each notebook."""
+def collect_runs(problems: list[tuple[Path, str]] | None = None) -> list[RunInfo]:
+    """Every readable run folder, newest first within each notebook; a folder whose record or
+    results cannot be read is left out and, if ``problems`` is given, listed there with why."""
     outputs = runs.outputs_root()
     found = []
     for record_file in sorted((outputs / "runs").glob(f"*/*/{runs.RECORD}")):
         run_dir = record_file.parent
         try:
             record = json.loads(record_file.read_text())
-        except ValueError:
-            record = {"status": "unreadable"}
-        found.append(RunInfo(run_dir.parent.name, run_dir.name, run_dir, record,
-                             _mean_auc(run_dir / "results.parquet")))
+            if not isinstance(record, dict):
+                raise TypeError(f"{runs.RECORD} holds a {type(record).__name__}, not a record")
+            info = RunInfo(run_dir.parent.name, run_dir.name, run_dir, record,
+                           _mean_auc(run_dir / "results.parquet"))
+        except Exception as err:  # noqa: BLE001 - one run's files must never break the page
+            if problems is not None:
+                problems.append((run_dir, _reason(err)))
+            continue
+        found.append(info)
     return sorted(found, key=lambda r: (r.notebook, r.run_id), reverse=True)
+
+
+def _reason(err: BaseException) -> str:
+    return headline(f"{type(err).__name__}: {err}")
 
 
 def build_index() -> Path:
     """Write ``outputs/index.html`` and return its path."""
     outputs = runs.outputs_root()
-    all_runs = collect_runs()
+    problems: list[tuple[Path, str]] = []
+    all_runs = collect_runs(problems)
     by_id = {r.run_id: r for r in all_runs}
-    grids = _grids(outputs)
+    grids = _grids(outputs, problems)
     title = (f"<h1>BioVFM workbook: runs and grids</h1><p class=meta>"
              f"{html.escape(str(outputs))} · generated {runs.now()} · {len(all_runs)} runs, "
              f"{len(grids)} grids</p>")
@@ -179,20 +195,38 @@ def build_index() -> Path:
         or ["<p>No grid has run yet (<code>biovfm grid params/grids/smoke.yaml</code>).</p>"]
     parts.append("<h2>Runs</h2>")
     notebooks = sorted({r.notebook for r in all_runs})
-    parts += [_runs_section(nb, [r for r in all_runs if r.notebook == nb], outputs)
+    parts += [_runs_section(nb, [r for r in all_runs if r.notebook == nb], outputs, problems)
               for nb in notebooks] or ["<p>No notebook has run yet.</p>"]
+    parts.append(_problems_section(problems, outputs))
     parts.append("</body></html>\n")
     return runs.atomic_write_bytes(outputs / "index.html", "\n".join(parts).encode(),
                                    overwrite=True)
 
 
-def _grids(outputs: Path) -> list[tuple[str, dict, pd.DataFrame]]:
+def _grids(outputs: Path, problems: list[tuple[Path, str]]
+           ) -> list[tuple[str, dict, pd.DataFrame]]:
     grids = []
     for status in sorted((outputs / "grids").glob("*/status.parquet")):
         info_file = status.parent / "grid.json"
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        grids.append((status.parent.name, info, read_status(status)))
+        try:
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            if not isinstance(info, dict):
+                raise TypeError(f"grid.json holds a {type(info).__name__}, not a mapping")
+            grids.append((status.parent.name, info, read_status(status)))
+        except Exception as err:  # noqa: BLE001 - one grid's files must never break the page
+            problems.append((status.parent, _reason(err)))
     return grids
+
+
+def _problems_section(problems: list[tuple[Path, str]], outputs: Path) -> str:
+    """The folders the page could not read, so a skipped run is never silently missing."""
+    if not problems:
+        return ""
+    rows = "".join(f"<tr><td><code>{html.escape(_rel(path, outputs))}</code></td>"
+                   f"<td class=err>{html.escape(reason)}</td></tr>" for path, reason in problems)
+    return (f"<h2>Not shown ({len(problems)})</h2><p>These folders could not be read; the "
+            f"rest of the page is complete.</p><table><tr><th>folder</th><th>why</th></tr>"
+            f"{rows}</table>")
 
 
 def _key_figures(all_runs: list[RunInfo], outputs: Path) -> str:
@@ -245,29 +279,36 @@ def _grid_section(name: str, info: dict, table: pd.DataFrame, by_id: dict[str, R
             f"{''.join(rows)}</table>{figure}")
 
 
-def _runs_section(notebook: str, items: list[RunInfo], outputs: Path) -> str:
+def _runs_section(notebook: str, items: list[RunInfo], outputs: Path,
+                  problems: list[tuple[Path, str]]) -> str:
     rows = []
     for r in items:
-        rec = r.record
-        git = rec.get("git") or {}
-        commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
-        grid = rec.get("grid") or {}
-        where = (f'<a href="#grid-{html.escape(grid["name"])}">{html.escape(grid["name"])}</a> '
-                 f"{html.escape(grid.get('point', ''))}") if grid.get("name") else ""
-        error = html.escape(headline(rec.get("error")))
-        params = yaml.safe_dump(rec.get("parameters", {}), sort_keys=True)
-        rows.append(
-            f"<tr><td>{_run_link(r, outputs)}</td><td>{_badge(r.status)}</td>"
+        try:
+            rows.append(_run_row(r, outputs))
+        except Exception as err:  # noqa: BLE001 - a bad sidecar or record field: skip the row
+            problems.append((r.dir, _reason(err)))
+    return (f"<h3>{html.escape(notebook)} ({len(items)})</h3><table><tr><th>run</th>"
+            "<th>status</th><th>started</th><th>time</th><th>data</th><th>commit</th>"
+            "<th>grid</th><th>mean AUC</th><th>error</th><th>parameters</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _run_row(r: RunInfo, outputs: Path) -> str:
+    rec = r.record
+    git = rec.get("git") or {}
+    commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+    grid = rec.get("grid") or {}
+    where = (f'<a href="#grid-{html.escape(grid["name"])}">{html.escape(grid["name"])}</a> '
+             f"{html.escape(grid.get('point', ''))}") if grid.get("name") else ""
+    error = html.escape(headline(rec.get("error")))
+    params = yaml.safe_dump(rec.get("parameters", {}), sort_keys=True)
+    return (f"<tr><td>{_run_link(r, outputs)}</td><td>{_badge(r.status)}</td>"
             f"<td>{html.escape(rec.get('started') or '')}</td>"
             f"<td>{_seconds(_elapsed(rec))}</td>"
             f"<td>{html.escape(data_description(rec))}</td><td><code>{html.escape(commit)}"
             f"</code></td><td>{where}</td><td>{_auc_bar(r.mean_auc)}</td>"
             f"<td class=err>{error}</td><td><details><summary>show</summary><pre>"
             f"{html.escape(params)}</pre></details></td></tr>")
-    return (f"<h3>{html.escape(notebook)} ({len(items)})</h3><table><tr><th>run</th>"
-            "<th>status</th><th>started</th><th>time</th><th>data</th><th>commit</th>"
-            "<th>grid</th><th>mean AUC</th><th>error</th><th>parameters</th></tr>"
-            + "".join(rows) + "</table>")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -281,7 +322,7 @@ table {border-collapse: collapse; margin: 8px 0 20px} td, th {border-bottom: 1px
 pre {font-size: 11px; margin: 0}
 .badge {padding: 1px 6px; border-radius: 8px; color: #fff; font-size: 12px; background: #888}
 .completed {background: #2a7d2a} .failed {background: #c0392b} .running {background: #d68910}
-.interrupted {background: #a04000} .submitted {background: #2471a3}
+.interrupted, .killed {background: #a04000} .submitted {background: #2471a3}
 .bar {display: inline-block; height: 10px; background: #2471a3; vertical-align: middle}
 img.fig {max-width: 720px; border: 1px solid #ddd; margin: 4px}
 </style></head><body>"""
@@ -347,11 +388,14 @@ def _point_of(run: RunInfo) -> str:
 
 
 def _sidecar(checkpoint: str) -> dict[str, Any]:
+    """A checkpoint's sidecar as far as a report needs it; {} when it cannot be read or is not
+    a mapping (the probe that used it checked it; a report only describes it)."""
     path = runs.resolve(checkpoint).with_suffix(".json")
     try:
-        return json.loads(path.read_text())
+        side = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return side if isinstance(side, dict) else {}
 
 
 def _subset_text(subset: dict[str, Any]) -> str:

@@ -6,7 +6,9 @@ never overwritten, so parallel runs are safe and a crash cannot leave a half-wri
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -16,16 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from biovfm_lib.params import NotebookParams, load_yaml, params_for
+from biovfm_lib.params import NotebookParams
 
 KERNEL_NAME = "biovfm"
 RECORD = "run.json"
@@ -76,8 +77,26 @@ def notebook_path(notebook: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    """The process umask, read without setting it where Linux allows: probing with
+    ``os.umask`` briefly changes it for every thread that creates a file meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` all-or-nothing; refuse to replace an existing file."""
+    """Write ``data`` to ``path`` all-or-nothing; refuse to replace an existing file.
+
+    The file gets the permissions ``open`` would give it (0o666 less the umask): ``mkstemp``
+    makes owner-only files, and results must be readable as every other file is.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
@@ -85,6 +104,7 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = False) -> Path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -186,15 +206,96 @@ def create_run_dir(notebook: str, params: Mapping[str, Any]) -> Path:
     raise RuntimeError(f"could not allocate a run folder under {base}")
 
 
+class FolderBusy(RuntimeError):
+    """Another live process holds a run or training folder."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_folder(folder: Path, what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder`` for this process, or fail at once naming who holds it.
+
+    Two processes writing one training folder would interleave its log and fight over its
+    checkpoints, and the second would only fail at export, after all its compute. The lock is
+    an ``flock`` on ``<folder>/.lock``, which the kernel releases when its holder dies however
+    it dies; the file records the holder, so a later run can say who held it, and warns when
+    it takes over the lock of a process that died.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with path.open("a+") as handle:
+        handle.seek(0)
+        try:
+            holder = json.loads(handle.read() or "{}")
+        except ValueError:
+            holder = {}
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(f"{what} {folder} is in use by pid {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')} since {holder.get('since', '?')}; "
+                             "wait for it, or stop that process") from None
+        if holder and holder.get("pid") != os.getpid():
+            warnings.warn(f"{what} {folder}: taking over the lock of pid {holder.get('pid')} on "
+                          f"{holder.get('host')} (since {holder.get('since')}), which is no "
+                          "longer running", stacklevel=3)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({**this_process(), "since": now()}))
+        handle.flush()
+        try:
+            yield folder
+        finally:
+            handle.seek(0)
+            handle.truncate()  # a clean release leaves nothing to take over
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def start_record(run_dir: Path, notebook: str, params: Mapping[str, Any], launcher: str) -> dict:
     record = {
         "run_id": run_dir.name, "notebook": notebook, "status": "running",
         "launcher": launcher, "parameters": dict(params), "git": git_state(),
         "packages": package_versions(), "device": device_info(),
         "python": sys.version.split()[0], "started": now(), "ended": None,
+        "process": this_process(),
     }
     atomic_write_json(run_dir / RECORD, record)
     return record
+
+
+def this_process() -> dict[str, Any]:
+    """Who runs a run: host, pid and the pid's start time (pids are reused; the pair is not)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "pid_started": psutil.Process().create_time()}
+
+
+def process_alive(process: Mapping[str, Any] | None) -> bool | None:
+    """Whether a recorded process still runs: None when it ran on another host (or was not
+    recorded), so the caller cannot tell."""
+    import psutil
+
+    if not process or process.get("host") != socket.gethostname():
+        return None
+    try:
+        started = psutil.Process(int(process["pid"])).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
+        return False
+    return abs(started - float(process.get("pid_started", started))) < 1.0
+
+
+def effective_status(record: Mapping[str, Any]) -> str:
+    """A record's status, with a ``running`` run whose process died shown as ``killed``: a
+    killed process cannot write its own end, so only a reader can tell."""
+    status = str(record.get("status", "unknown"))
+    if status == "running" and process_alive(record.get("process")) is False:
+        return "killed"
+    return status
 
 
 def read_record(run_dir: Path) -> dict[str, Any]:
@@ -222,72 +323,6 @@ def open_run(notebook: str, params: NotebookParams, run_dir: str = "") -> Path:
     path = create_run_dir(notebook, params.as_dict())
     start_record(path, notebook, params.as_dict(), launcher="interactive")
     return path
-
-
-# ----------------------------------------------------------------------------- execution
-@dataclass(frozen=True)
-class RunResult:
-    run_dir: Path
-    status: str
-    notebook: Path
-    html: Path | None
-    error: str | None = None
-
-
-def execute(notebook: str | Path, params_file: str | Path | None = None,
-            overrides: Mapping[str, Any] | None = None, kernel_name: str = KERNEL_NAME,
-            progress: bool = False) -> RunResult:
-    """Run a notebook headless with papermill into a new run folder and record the outcome.
-
-    Parameters are validated before a kernel starts, so a bad file loses no compute. A failing
-    notebook keeps its partial output, is rendered to HTML too, and is marked ``failed``.
-    """
-    import papermill as pm
-
-    src = notebook_path(notebook)
-    name = src.stem
-    values = {**(load_yaml(params_file) if params_file else {}), **(overrides or {})}
-    params = params_for(name).validate_mapping(values).as_dict()
-
-    ensure_kernel(kernel_name)
-    run_dir = create_run_dir(name, params)
-    start_record(run_dir, name, params, launcher="biovfm run")
-    if params_file:
-        atomic_write_bytes(run_dir / "params.yaml", Path(params_file).read_bytes())
-    out_nb = run_dir / src.name
-    error = None
-    try:
-        pm.execute_notebook(
-            str(src), str(out_nb), parameters={**params, "run_dir": str(run_dir)},
-            cwd=str(project_root()), kernel_name=kernel_name, progress_bar=progress,
-            request_save_on_cell_execute=True,
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure (cell error, dead kernel) fails the run
-        error = f"{type(exc).__name__}: {exc}"
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-    html = render_html(out_nb) if out_nb.is_file() else None
-    status = "failed" if error else "completed"
-    update_record(run_dir, status=status, ended=now(), error=error)
-    return RunResult(run_dir, status, out_nb, html, error)
-
-
-def render_html(notebook_file: Path) -> Path:
-    """Render an executed notebook to a standalone HTML report beside it (provenance header,
-    code folded, figures inline: see :mod:`biovfm_lib.reports`)."""
-    from biovfm_lib.reports import render_notebook
-
-    body = render_notebook(notebook_file)
-    return atomic_write_bytes(notebook_file.with_suffix(".html"), body.encode(), overwrite=True)
-
-
-def ensure_kernel(name: str = KERNEL_NAME) -> None:
-    """Register this environment's Python as the notebooks' kernel if it is not yet known."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    if name not in KernelSpecManager().find_kernel_specs():
-        from ipykernel.kernelspec import install
-
-        install(kernel_name=name, display_name="BioVFM (.venv)", prefix=sys.prefix)
 
 
 # ----------------------------------------------------------------------------- collection

@@ -10,3 +10,15 @@ def isolated_outputs(tmp_path, monkeypatch):
     out = tmp_path / "outputs"
     monkeypatch.setenv("BIOVFM_OUTPUTS", str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads cost more than they save.
+    Modules of small tensors opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,13 +37,7 @@ JITTER_OPS = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adj
 DTYPES = [torch.uint8, torch.float32]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors: on a shared 2-core machine intra-op threads spin more than they help."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def images(n: int, size: int = 20, dtype: torch.dtype = torch.uint8, seed: int = 0

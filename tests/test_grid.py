@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from biovfm_lib import cli, runs
+from biovfm_lib import cli, execution, runs
 from biovfm_lib.grid import GridError, load_grid
 from biovfm_lib.grid.runner import _slot_env, _slots, run_grid
 from biovfm_lib.grid.slurm import submit
@@ -131,7 +131,7 @@ def test_dry_run_lists_points_commands_and_bad_values_and_writes_nothing(
 
 # --------------------------------------------------------------------------- the runner
 def fake_execute(notebook, params_file=None, overrides=None, **_):
-    """Stands in for runs.execute: a real run folder and record, no kernel. The probe of a
+    """Stands in for execution.execute: a real run folder and record, no kernel. The probe of a
     point with seed 13 fails the way a notebook does (error.txt, failed record)."""
     params = {**(load_yaml(params_file) if params_file else {}), **(overrides or {})}
     run_dir = runs.create_run_dir(notebook, params)
@@ -146,7 +146,7 @@ def fake_execute(notebook, params_file=None, overrides=None, **_):
         "pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "started": runs.now(), "ended": runs.now(), "error": error})
     (run_dir / f"{notebook}.html").write_text("<html>report</html>")
-    return runs.RunResult(run_dir, status, run_dir / f"{notebook}.ipynb", None, error)
+    return execution.RunResult(run_dir, status, run_dir / f"{notebook}.ipynb", None, error)
 
 
 def point_runs(state, point):
@@ -265,7 +265,7 @@ def smoke_grid(tmp_path_factory):
     spec["steps"]["pretrain"]["params"].update(  # no curation here: 01 is tested on its own
         max_steps=4, data="synthetic", data_root="outputs/data/synthetic", data_size=28,
         tasks=["breastmnist", "dermamnist", "pneumoniamnist"])
-    spec["steps"]["probe"]["params"].update(epochs=5, bootstrap=20)
+    spec["steps"]["probe"]["params"].update(epochs=5, bootstrap=20, ci_rule="percentile")
     spec["axes"]["size"]["broken"] = {"pretrain": {"encoder": "nano", "max_steps": -1}}
     spec["analysis"][0]["params"]["source"] = "runs"  # the reference fits are tested elsewhere
     spec["analysis"][1]["params"].update(sample=20, n_boot=20)
@@ -340,7 +340,8 @@ def test_smoke_grid_runs_every_point_then_the_analysis(smoke_grid):
     properties_dir = g.outputs / "runs" / "05_task_properties" / properties_id
     props = pd.read_parquet(properties_dir / "task_properties.parquet")
     assert list(props.columns) == ["task", "n_train", "n_classes", "task_type", "dbi_features",
-                                   "dbi_pixels", "compress_gzip", "compress_png", "entropy"]
+                                   "dbi_pixels", "compress_gzip", "compress_png", "entropy",
+                                   "n_samples"]
     assert len(props) == 5 and props.drop(columns=["task", "task_type"]).notna().all().all()
     corr = pd.read_parquet(properties_dir / "correlations.parquet")
     assert list(corr.columns[:8]) == ["algorithm", "property", "method", "r", "p_value",

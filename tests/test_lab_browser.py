@@ -19,7 +19,8 @@ import nbformat
 import psutil
 import pytest
 
-from biovfm_lib.runs import KERNEL_NAME, ensure_kernel
+from biovfm_lib.execution import ensure_kernel
+from biovfm_lib.runs import KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_pretrain.ipynb"

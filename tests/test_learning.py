@@ -1,12 +1,13 @@
 """Pretraining really learns: a briefly pretrained nano ViT beats its random initialisation.
 
 Measured on this workbook's synthetic MedMNIST-format data (seed 0, 2 CPU cores), mean test
-AUC over the 12 tasks against 0.643 at random initialisation: MAE, 150 steps of batch 64
-(~30 s): 0.709; DINOv2, 200 steps of batch 64 (~1.5 min): 0.702 with its colour and blur
-batched on the training device (``augment_on: device``, here the CPU; 300 steps with them in
-the loader gave 0.700 in twice the time). The margin asserted is half the smaller gain. DINOv2 at this scale needs its smoke settings (no layer-scale damping, 128
-prototypes, a faster teacher, a higher lr): with the default recipe scaled down it does not
-beat random features within a CPU budget (0.61-0.65 after 150-200 steps).
+AUC over the 12 tasks with the study's probe head (weights trunc-normal, std 0.01) on cached
+features, against 0.650 at random initialisation: MAE, 150 steps of batch 64: 0.728; DINOv2's
+study recipe scaled to smoke size (patch 4, EMA centering, drop path 0.3), 200 steps of batch
+64 with its colour and blur batched on the training device (``augment_on: device``): 0.667.
+The margin asserted is a little under the smaller gain. DINOv2 at this scale needs its smoke
+settings (no layer-scale damping, 128 prototypes, a faster teacher, a higher lr): with the
+recipe only scaled down it does not beat random features within a CPU budget.
 """
 import pytest
 
@@ -16,22 +17,27 @@ from biovfm_lib.probe.pipeline import run_probe
 from biovfm_lib.train import launch
 
 pytestmark = pytest.mark.slow
-MARGIN = 0.028
+MARGIN = 0.013
 
 
 def mean_test_auc(root, checkpoint: str = "") -> float:
     p = ProbeParams.validate_mapping({
         "data_root": str(root), "data": "synthetic", "size": 28, "encoder": "nano",
-        "checkpoint": checkpoint, "epochs": 30, "lrs": [0.01, 0.001], "bootstrap": 0,
-        "device": "cpu"})
+        "checkpoint": checkpoint, "protocol": "cached", "epochs": 30, "lrs": [0.01, 0.001],
+        "bootstrap": 0, "device": "cpu"})
     results = run_probe(p, runs.open_run("03_probe", p)).results
     return results.query("split == 'test' and metric == 'auc'").value.mean()
 
 
+# DINOv2: the study recipe (its default) scaled to smoke size; its 100 epochs are of 2
+# iterations (the study's: 1250), so the warm-ups keep their shares of the 200 steps.
 SMOKE_RECIPES = {
-    "mae": {"max_steps": 150, "method": {"base_lr": 0.004}},
+    # MAE: its warm-up as the recipe's share (40 / 800) of the 150 steps, as measured above;
+    # 40 real epochs would be ~6500 steps of this data (epoch_length 0 gives the share)
+    "mae": {"max_steps": 150, "method": {"base_lr": 0.004, "epoch_length": 0}},
     "dinov2": {"max_steps": 200, "local_size": 12, "n_local": 2, "augment_on": "device", "method": {
-        "layerscale": 1.0, "n_prototypes": 128, "momentum_teacher": 0.99, "base_lr": 0.01}},
+        "layerscale": 1.0, "n_prototypes": 128, "momentum_teacher": 0.99, "base_lr": 0.01,
+        "epoch_length": 2}},
 }
 
 

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from biovfm_lib.data.medmnist import MedMNISTFileError, check_file, file_md5, load_task
+from biovfm_lib.data.medmnist import (
+    MedMNISTFileError,
+    MedMNISTFormatError,
+    check_file,
+    file_md5,
+    load_task,
+)
 from biovfm_lib.data.synthetic import SYNTHETIC_MARKER, write_synthetic
 
 
@@ -30,15 +36,15 @@ def test_missing_file_says_where_and_how(tmp_path):
     assert "biovfm data medmnist --download --size 224" in msg and "MD5" in msg
 
 
-def test_md5_is_checked_for_real_files(tmp_path, synth_root):
+def test_real_files_are_held_to_info(tmp_path, synth_root):
     real = tmp_path / "real"
     real.mkdir()
     (real / "dermamnist.npz").write_bytes((synth_root / "dermamnist.npz").read_bytes())
-    assert not (real / SYNTHETIC_MARKER).exists()  # looks like a real download
-    assert check_file(real, "dermamnist", 28) == real / "dermamnist.npz"
-    with pytest.raises(MedMNISTFileError, match="MD5 mismatch"):
-        check_file(real, "dermamnist", 28, verify_md5=True)
+    assert not (real / SYNTHETIC_MARKER).exists()  # looks like a real download, at 1% size
+    with pytest.raises(MedMNISTFormatError, match=r"expected 7007 \(medmnist.INFO\)"):
+        check_file(real, "dermamnist", 28)
     assert len(file_md5(real / "dermamnist.npz")) == 32
+    # the MD5 check of a file that passes INFO's checks: tests/test_hardening_data.py
 
 
 def test_unknown_flag():

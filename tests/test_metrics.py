@@ -1,4 +1,5 @@
-"""Tests for biovfm_lib.probe.metrics against scikit-learn and medmnist's evaluator."""
+"""Tests for biovfm_lib.probe.metrics against scikit-learn, medmnist's evaluator and the
+BioVFM evaluation's rules (metrics as it calls sklearn, its resamples and its intervals)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
     matthews_corrcoef,
+    recall_score,
     roc_auc_score,
 )
+from sklearn.utils import resample
 
 from biovfm_lib.probe.metrics import (
     METRICS,
     _metrics_from_weights,
+    _percentile_resamples,
     _prepare,
-    _resample_indices,
+    absent_classes,
     bootstrap_metrics,
-    choose_thresholds,
     compute_metrics,
 )
 
@@ -66,7 +69,8 @@ def _auc_over_defined(targets: np.ndarray, scores: np.ndarray) -> float:
 
 def reference(y: np.ndarray, score: np.ndarray, task: str,
               thresholds: np.ndarray | None = None) -> dict[str, float]:
-    """The metrics the slow way: sklearn, one call per metric (and per label)."""
+    """The metrics the slow way: medmnist's accuracy, and sklearn one call per metric (and per
+    label) as the study calls it (sklearn's default ``average='binary'`` for a binary F1)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns on the degenerate cases we test
         if task == MULTI_LABEL:
@@ -75,25 +79,42 @@ def reference(y: np.ndarray, score: np.ndarray, task: str,
             per_label = list(zip(y.T, pred.T, strict=True))
             return {
                 "auc": _auc_over_defined(y, score),
-                "acc": np.mean([accuracy_score(a, b) for a, b in per_label]),
+                "acc": np.mean([accuracy_score(a, b) for a, b in zip(y.T, (score > 0.5).T)]),
+                "acc_tuned": np.mean([accuracy_score(a, b) for a, b in per_label]),
                 "balanced_acc": np.mean([balanced_accuracy_score(a, b) for a, b in per_label]),
                 "mcc": np.mean([matthews_corrcoef(a, b) for a, b in per_label]),
-                "f1_macro": f1_score(y, pred, average="macro", zero_division=0),
+                "f1": f1_score(y, pred, average="macro"),
+                "f1_macro": f1_score(y, pred, average="macro"),
+                "f1_micro": f1_score(y, pred, average="micro"),
+                "recall_macro": recall_score(y, pred, average="macro"),
+                "recall_micro": recall_score(y, pred, average="micro"),
             }
         labels = y.ravel()
         if task == BINARY:
             t = 0.5 if thresholds is None else thresholds[0]
             pred = (score[:, -1] > t).astype(np.int64)
             auc = _auc_over_defined(labels[:, None] == 1, score[:, -1:])
-        else:
-            pred = score.argmax(axis=1)
-            auc = _auc_over_defined(labels[:, None] == np.arange(score.shape[1]), score)
+            return {
+                "auc": auc, "acc": accuracy_score(labels, score[:, -1] > 0.5),
+                "acc_tuned": accuracy_score(labels, pred),
+                "balanced_acc": balanced_accuracy_score(labels, pred),
+                "mcc": matthews_corrcoef(labels, pred),
+                "f1": f1_score(labels, pred), "f1_macro": f1_score(labels, pred, average="macro"),
+                "f1_micro": f1_score(labels, pred), "recall_macro": recall_score(labels, pred),
+                "recall_micro": recall_score(labels, pred),
+            }
+        pred = score.argmax(axis=1)
         return {
-            "auc": auc,
+            "auc": _auc_over_defined(labels[:, None] == np.arange(score.shape[1]), score),
             "acc": accuracy_score(labels, pred),
+            "acc_tuned": accuracy_score(labels, pred),
             "balanced_acc": balanced_accuracy_score(labels, pred),
             "mcc": matthews_corrcoef(labels, pred),
+            "f1": f1_score(labels, pred, average="macro"),
             "f1_macro": f1_score(labels, pred, average="macro"),
+            "f1_micro": f1_score(labels, pred, average="micro"),
+            "recall_macro": recall_score(labels, pred, average="macro"),
+            "recall_micro": recall_score(labels, pred, average="micro"),
         }
 
 
@@ -170,90 +191,49 @@ def test_single_class_binary_is_nan_auc_and_zero_mcc_without_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = compute_metrics(y, score, BINARY)
-        ci = bootstrap_metrics(y, score, BINARY, n_boot=20)
+        ci = bootstrap_metrics(y, score, BINARY, n_boot=20, rule="percentile")
+        study = bootstrap_metrics(y, score, BINARY, n_boot=40)
     assert np.isnan(got["auc"]) and got["mcc"] == 0.0
     _assert_metrics_close(got, reference(y, score, BINARY))
-    assert np.isnan(ci["auc"]).all() and np.isfinite(ci["acc"]).all()
-
-
-def test_choose_thresholds_shapes() -> None:
-    for task in (MULTI_CLASS, ORDINAL):
-        assert choose_thresholds(*make_case(task, 50), task) is None
-    assert choose_thresholds(*make_case(BINARY, 50), BINARY).shape == (1,)
-    assert choose_thresholds(*make_case(MULTI_LABEL, 50), MULTI_LABEL).shape == (4,)
-
-
-def _brute_force_best_mcc(target: np.ndarray, score: np.ndarray) -> float:
-    values = np.unique(score)
-    candidates = np.concatenate([[-np.inf], (values[:-1] + values[1:]) / 2, values])
-    return max(matthews_corrcoef(target, score > t) for t in candidates)
-
-
-@pytest.mark.parametrize("ties", [False, True], ids=["random", "tied"])
-@pytest.mark.parametrize("task", [BINARY, MULTI_LABEL])
-def test_choose_thresholds_maximises_mcc(task: str, ties: bool) -> None:
-    y, score = make_case(task, 80, seed=6, ties=ties)
-    thresholds = choose_thresholds(y, score, task)
-    targets, scores = (y, score) if task == MULTI_LABEL else (y, score[:, -1:])
-    random_thresholds = np.random.default_rng(7).uniform(0, 1, size=20)
-    for target, s, t in zip(targets.T, scores.T, thresholds, strict=True):
-        chosen = matthews_corrcoef(target, s > t)
-        assert chosen == pytest.approx(_brute_force_best_mcc(target, s), abs=1e-12)
-        assert all(chosen >= matthews_corrcoef(target, s > r) - 1e-12 for r in random_thresholds)
-
-
-@pytest.mark.parametrize("task", [BINARY, MULTI_LABEL])
-def test_tuned_thresholds_beat_default_on_shifted_scores(task: str) -> None:
-    """Well-ranked but miscalibrated scores (mostly < 0.5): tuning on a validation split must
-    improve test MCC over the 0.5 default."""
-    y_val, s_val = make_case(task, 1000, seed=8, signal=2.0, shift=3.0)
-    y_test, s_test = make_case(task, 1000, seed=9, signal=2.0, shift=3.0)
-    thresholds = choose_thresholds(y_val, s_val, task)
-    tuned = compute_metrics(y_test, s_test, task, thresholds)["mcc"]
-    default = compute_metrics(y_test, s_test, task)["mcc"]
-    assert tuned > default + 0.1
-
-
-def test_threshold_ties_go_to_candidate_nearest_default() -> None:
-    # A constant label makes every MCC 0; candidates are ~0.1, 0.2, 0.55 and 0.8.
-    y = np.zeros((3, 1), dtype=np.int64)
-    score = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
-    np.testing.assert_array_equal(choose_thresholds(y, score, BINARY), [0.55])
-    np.testing.assert_array_equal(choose_thresholds(y, score, BINARY),
-                                  choose_thresholds(y, score, BINARY))
+    for interval in (ci, study):
+        assert np.isnan(interval["auc"]).all() and np.isfinite(interval["acc"]).all()
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bootstrap_ci_contains_point_estimate(task: str) -> None:
     y, score = make_case(task, 1000, seed=10)
     point = compute_metrics(y, score, task)
-    for name, (lo, hi) in bootstrap_metrics(y, score, task, n_boot=200).items():
-        assert lo <= point[name] <= hi, name
+    for rule in ("study", "percentile"):
+        for name, (lo, hi, _) in bootstrap_metrics(y, score, task, n_boot=200, rule=rule).items():
+            assert lo <= point[name] <= hi, (rule, name)
 
 
 def test_bootstrap_narrower_with_more_samples() -> None:
     small = bootstrap_metrics(*make_case(MULTI_CLASS, 200, seed=11), MULTI_CLASS, n_boot=200)
     large = bootstrap_metrics(*make_case(MULTI_CLASS, 5000, seed=11), MULTI_CLASS, n_boot=200)
     for name in METRICS:
-        assert large[name][1] - large[name][0] < small[name][1] - small[name][0], name
+        assert large[name].high - large[name].low < small[name].high - small[name].low, name
 
 
 def test_bootstrap_is_reproducible_for_a_seed() -> None:
     y, score = make_case(BINARY, 300, seed=12)
-    first = bootstrap_metrics(y, score, BINARY, n_boot=100, seed=3)
-    assert bootstrap_metrics(y, score, BINARY, n_boot=100, seed=3) == first
-    assert bootstrap_metrics(y, score, BINARY, n_boot=100, seed=4) != first
+    first = bootstrap_metrics(y, score, BINARY, n_boot=100, seed=3, rule="percentile")
+    assert bootstrap_metrics(y, score, BINARY, n_boot=100, seed=3, rule="percentile") == first
+    assert bootstrap_metrics(y, score, BINARY, n_boot=100, seed=4, rule="percentile") != first
+    # the study's resamples are random_state=0..B-1 whatever the seed
+    study = bootstrap_metrics(y, score, BINARY, n_boot=100, seed=3)
+    assert bootstrap_metrics(y, score, BINARY, n_boot=100, seed=4) == study
 
 
 def test_resamples_do_not_depend_on_chunking() -> None:
-    whole = np.concatenate(list(_resample_indices(30, 10, 0, chunk=10)))
-    pieces = np.concatenate(list(_resample_indices(30, 10, 0, chunk=3)))
+    whole = np.concatenate(list(_percentile_resamples(30, 10, 0, chunk=10)))
+    pieces = np.concatenate(list(_percentile_resamples(30, 10, 0, chunk=3)))
     np.testing.assert_array_equal(whole, pieces)
     assert whole.shape == (10, 30) and whole.min() >= 0 and whole.max() < 30
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_bootstrap_matches_slow_reference(task: str) -> None:
+def test_percentile_bootstrap_matches_slow_reference(task: str) -> None:
     """Same resample indices, metrics from sklearn one resample at a time. The test set is
     tiny, so many resamples lose a class or a label's positives (degenerate cases)."""
     y, score = make_case(task, 30, seed=13, ties=True)
@@ -263,12 +243,15 @@ def test_bootstrap_matches_slow_reference(task: str) -> None:
         y[:2] = last
     n_boot, seed = 40, 5
     per_resample = [reference(y[idx], score[idx], task)
-                    for block in _resample_indices(len(y), n_boot, seed, chunk=7) for idx in block]
+                    for block in _percentile_resamples(len(y), n_boot, seed, chunk=7)
+                    for idx in block]
     for alpha in (0.05, 0.5):
-        got = bootstrap_metrics(y, score, task, n_boot=n_boot, seed=seed, alpha=alpha)
+        got = bootstrap_metrics(y, score, task, n_boot=n_boot, seed=seed, alpha=alpha,
+                                rule="percentile")
         for name in METRICS:
             values = np.array([r[name] for r in per_resample])
-            want = np.percentile(values[~np.isnan(values)], [50 * alpha, 100 - 50 * alpha])
+            values = values[~np.isnan(values)]
+            want = [*np.percentile(values, [50 * alpha, 100 - 50 * alpha]), values.mean()]
             np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-12, err_msg=name)
 
 
@@ -279,7 +262,7 @@ def test_bootstrap_degenerate_resamples_do_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ci = bootstrap_metrics(y, score, MULTI_CLASS, n_boot=300)
-    assert all(np.isfinite(ci[name]).all() and ci[name][0] <= ci[name][1] for name in METRICS)
+    assert all(np.isfinite(ci[name]).all() and ci[name].low <= ci[name].high for name in METRICS)
 
 
 def test_bootstrap_speed_tissuemnist_size() -> None:
@@ -289,11 +272,13 @@ def test_bootstrap_speed_tissuemnist_size() -> None:
     logits = rng.normal(size=(47_280, 8))
     logits[np.arange(47_280), y[:, 0]] += 1.5
     score = _softmax(logits)
-    start = time.perf_counter()
-    ci = bootstrap_metrics(y, score, MULTI_CLASS, n_boot=1000)
-    print(f"\nbootstrap 47,280 x 8 classes x 1000 resamples: {time.perf_counter() - start:.2f} s")
     point = compute_metrics(y, score, MULTI_CLASS)
-    assert all(ci[name][0] <= point[name] <= ci[name][1] for name in METRICS)
+    for rule in ("study", "percentile"):
+        start = time.perf_counter()
+        ci = bootstrap_metrics(y, score, MULTI_CLASS, n_boot=1000, rule=rule)
+        print(f"\nbootstrap ({rule}) 47,280 x 8 classes x 1000 resamples: "
+              f"{time.perf_counter() - start:.2f} s")
+        assert all(ci[name].low <= point[name] <= ci[name].high for name in METRICS)
 
 
 @pytest.mark.parametrize(
@@ -323,3 +308,93 @@ def test_invalid_bootstrap_arguments() -> None:
         bootstrap_metrics(y, score, BINARY, n_boot=0)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_metrics(y, score, BINARY, alpha=1.0)
+
+
+# ----------------------------------------------------------------------------- the study's rules
+def test_binary_f1_is_the_positive_class_f1_as_the_study_reports() -> None:
+    """The study's F1 column is sklearn's default ``average='binary'``; ours stays macro."""
+    y = np.array([[1], [1], [1], [0], [0], [0], [0], [0], [0], [0]])
+    score = np.array([0.9, 0.8, 0.3, 0.7, 0.6, 0.1, 0.2, 0.1, 0.3, 0.2])
+    got = compute_metrics(y, np.stack([1 - score, score], 1), BINARY)
+    pred = score > 0.5
+    assert got["f1"] == pytest.approx(f1_score(y.ravel(), pred)) == pytest.approx(0.571428571)
+    assert got["f1_macro"] == pytest.approx(f1_score(y.ravel(), pred, average="macro"))
+    assert got["f1_macro"] > got["f1"] + 0.09
+    assert got["recall_macro"] == got["recall_micro"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTI_LABEL])
+def test_acc_is_medmnist_accuracy_and_acc_tuned_uses_the_thresholds(task: str) -> None:
+    y, score = make_case(task, 500, seed=20, signal=2.0, shift=2.0)
+    thresholds = np.full(1 if task == BINARY else 4, 0.1)
+    got = compute_metrics(y, score, task, thresholds)
+    assert got["acc"] == pytest.approx(getACC(y, score, task), rel=1e-12)
+    assert got["acc_tuned"] == pytest.approx(reference(y, score, task, thresholds)["acc_tuned"])
+    assert abs(got["acc"] - got["acc_tuned"]) > 0.01
+
+
+def test_study_resamples_are_sklearn_resample_with_random_state_i() -> None:
+    from biovfm_lib.probe.metrics import _study_resamples
+
+    got = np.concatenate(list(_study_resamples(37, 25, chunk=7)))
+    want = np.stack([resample(np.arange(37), replace=True, random_state=i) for i in range(25)])
+    np.testing.assert_array_equal(got, want)
+
+
+def _study_reference_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, ...]:
+    """The study's interval as its evaluation takes it: a pandas sort, two positions, a mean."""
+    import pandas as pd
+
+    s = pd.Series(values).sort_values()
+    low = s.iloc[int(alpha / 2 * len(s)) - 1].round(4)
+    high = s.iloc[int((1 - alpha / 2) * len(s)) - 1].round(4)
+    return float(low), float(high), float(round(s.mean(), 4))
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTI_CLASS])
+def test_study_bootstrap_reproduces_the_studys_replicates_and_endpoints(task: str) -> None:
+    """1000 replicates drawn as the study draws them, metrics from sklearn one replicate at a
+    time, interval by the study's order statistics: equal to 4 decimals, exactly. The
+    percentile interval of the same replicates differs, so the rule is what is tested."""
+    y, score = make_case(task, 60, seed=21, ties=True)
+    labels = y.ravel()
+    pred = (score[:, -1] > 0.5).astype(int) if task == BINARY else score.argmax(1)
+    per_replicate = {"auc": [], "mcc": []}
+    for i in range(1000):
+        idx = resample(np.arange(len(y)), replace=True, random_state=i)
+        auc = (roc_auc_score(labels[idx], score[idx, -1]) if task == BINARY else
+               _auc_over_defined(labels[idx, None] == np.arange(5), score[idx]))
+        per_replicate["auc"].append(auc)
+        per_replicate["mcc"].append(matthews_corrcoef(labels[idx], pred[idx]))
+    got = bootstrap_metrics(y, score, task, n_boot=1000)
+    differs = False
+    for name, values in per_replicate.items():
+        values = np.array(values)
+        assert tuple(got[name]) == _study_reference_interval(values), name
+        differs |= not np.allclose(got[name][:2], np.percentile(values, [2.5, 97.5]), atol=1e-5)
+    assert differs
+
+
+def test_study_interval_sorts_nan_last_and_counts_it() -> None:
+    from biovfm_lib.probe.metrics import _study_interval
+
+    values = np.random.default_rng(22).normal(0.8, 0.05, size=1000)
+    values[::97] = np.nan
+    assert tuple(_study_interval(values, 0.05)) == _study_reference_interval(values)
+
+
+def test_study_interval_needs_enough_replicates() -> None:
+    y, score = make_case(BINARY, 50)
+    with pytest.raises(ValueError, match="n_boot >= 40"):
+        bootstrap_metrics(y, score, BINARY, n_boot=39)
+    assert bootstrap_metrics(y, score, BINARY, n_boot=39, rule="percentile")["auc"].low > 0.5
+
+
+def test_absent_classes_name_what_auc_cannot_score() -> None:
+    y, _ = make_case(MULTI_CLASS, 300, seed=4)
+    y[y == 2] = 3
+    assert absent_classes(y, MULTI_CLASS, 5) == [2]
+    y_ml, _ = make_case(MULTI_LABEL, 100, seed=4)
+    y_ml[:, 1], y_ml[:, 3] = 0, 1
+    assert absent_classes(y_ml, MULTI_LABEL, 4) == [1, 3]
+    assert absent_classes(np.ones((5, 1)), BINARY, 2) == [0]

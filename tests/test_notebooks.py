@@ -13,6 +13,7 @@ import timm
 from safetensors.torch import load_file
 
 from biovfm_lib.params import PARAMS_BY_NOTEBOOK, RUNNER_KEYS
+from biovfm_lib.probe.metrics import METRICS
 from biovfm_lib.runs import KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_probe_notebook_smoke_run(isolated_outputs):
     assert record["launcher"] == "biovfm run" and record["ended"]
     df = pd.read_parquet(run_dir / "results.parquet")
     test = df[df.split == "test"]
-    assert len(test) == 12 * 5 and test.task.nunique() == 12
+    assert len(test) == 12 * len(METRICS) and test.task.nunique() == 12
     assert test.value.notna().all() and test.ci_low.notna().all()
     auc = test[test.metric == "auc"].value
     assert auc.between(0, 1).all() and auc.mean() > 0.55  # learnable data, not chance
@@ -80,16 +81,18 @@ def test_probe_notebook_smoke_run(isolated_outputs):
 
 
 @pytest.mark.slow
-def test_failing_run_keeps_its_notebook_and_is_marked_failed(isolated_outputs):
-    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "data", "medmnist",
-                   "-p", "data_root", str(isolated_outputs / "no-data"), "-q",
-                   outputs=isolated_outputs)
+def test_failing_run_keeps_its_notebook_and_is_marked_failed(isolated_outputs, tmp_path):
+    not_weights = tmp_path / "notes.pth"  # exists, so only the kernel finds it is no checkpoint
+    not_weights.write_text("hello\n")
+    proc = run_cli("run", "03_probe", "-f", "params/probe/smoke.yaml", "-p", "checkpoint",
+                   str(not_weights), "-q", outputs=isolated_outputs)
     assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: CheckpointError: {not_weights}")
     (run_dir,) = (isolated_outputs / "runs" / "03_probe").iterdir()
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "failed" and "MedMNISTFileError" in record["error"]
+    assert record["status"] == "failed" and "CheckpointError" in record["error"]
     nb = nbformat.read(run_dir / "03_probe.ipynb", as_version=4)
-    assert any(o.get("ename") == "MedMNISTFileError" for c in nb.cells if c.cell_type == "code"
+    assert any(o.get("ename") == "CheckpointError" for c in nb.cells if c.cell_type == "code"
                for o in c.outputs)
     assert (run_dir / "03_probe.html").is_file() and (run_dir / "error.txt").is_file()
 
@@ -138,7 +141,7 @@ def test_demo_chain_curates_pretrains_and_probes(isolated_outputs):
                              "-p", "tasks", "[dermamnist, breastmnist]")
     df = pd.read_parquet(probe_dir / "results.parquet")
     assert df.checkpoint.eq(record["export"]).all() and df.encoder.eq("nano").all()
-    assert len(df) == 2 * 5 * 2
+    assert len(df) == 2 * len(METRICS) * 2
 
 
 SLOPE_COLUMNS = ["source", "algorithm", "task", "metric", "axis", "fit", "slope", "se",

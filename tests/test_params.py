@@ -24,6 +24,8 @@ def test_defaults_follow_the_official_protocol():
     assert p.tasks == list(MEDMNIST_2D_TASKS) and len(p.tasks) == 12
     assert (p.size, p.batch_size, p.epochs, p.lrs, p.weight_decay) == (224, 128, 100, [1e-2], 0.0)
     assert p.features == "mean_patch" and p.bootstrap == 1000
+    assert (p.protocol, p.backbone_mode, p.threshold_rule, p.ci_rule) == (
+        "official", "study", "study", "study")
 
 
 PARAM_FOLDERS = {"probe": ProbeParams, "pretrain": PretrainParams, "scaling": ScalingParams,

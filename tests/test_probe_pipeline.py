@@ -9,7 +9,8 @@ from biovfm_lib import runs
 from biovfm_lib.models.checkpoints import export_backbone
 from biovfm_lib.params import ProbeParams
 from biovfm_lib.probe.metrics import METRICS
-from biovfm_lib.probe.pipeline import RESULT_COLUMNS, build_encoder, run_probe
+from biovfm_lib.probe.pipeline import RESULT_COLUMNS, absence_note, build_encoder, run_probe
+from biovfm_lib.probe.thresholds import choose_thresholds
 
 TASKS = ["dermamnist", "chestmnist", "breastmnist"]  # multi-class, multi-label, binary
 
@@ -22,7 +23,7 @@ def data_root(tmp_path_factory):
 def params(data_root, cache, **kw):
     base = {"data_root": str(data_root), "data": "synthetic", "size": 28, "encoder": "nano",
                 "tasks": TASKS, "epochs": 4, "lrs": [0.01, 0.001], "bootstrap": 50, "device": "cpu",
-                "cache_dir": str(cache)}
+                "cache_dir": str(cache), "protocol": "cached"}
     return ProbeParams.validate_mapping({**base, **kw})
 
 
@@ -50,6 +51,13 @@ def test_results_table_is_complete_and_consistent(data_root, tmp_path):
         auc = stored.query("task == @flag and split == 'test' and metric == 'auc'").value.item()
         assert auc == pytest.approx(getAUC(pred["test_labels"], pred["test_scores"], task_type))
     assert len(np.load(run_dir / "predictions" / "chestmnist.npz")["thresholds"]) == 14
+    # study-exact by default: its threshold search, its interval rule and the replicate mean
+    assert df.threshold_rule.eq("study").all() and df.ci_rule.eq("study").all()
+    pred = np.load(run_dir / "predictions" / "breastmnist.npz")
+    np.testing.assert_array_equal(pred["thresholds"], choose_thresholds(
+        pred["val_labels"], pred["val_scores"], "binary-class", rule="study"))
+    assert (df.boot_mean.between(df.ci_low, df.ci_high)).all()
+    assert (df.boot_mean == df.boot_mean.round(4)).all() and df.note.eq("").all()
     hist = pd.read_parquet(run_dir / "history.parquet")
     assert len(hist) == len(TASKS) * 4 * 2
 
@@ -100,3 +108,9 @@ def test_random_encoders_are_reproducible_from_the_seed():
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(x, y)
     assert not any(t.requires_grad for t in a.model.parameters())
+
+
+def test_a_split_missing_a_class_says_so_in_its_rows() -> None:
+    assert absence_note([], "test") == ""
+    note = absence_note([3, 4], "test")
+    assert "class 3, 4 absent from test" in note and "NaN" in note

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from biovfm_lib import cli, runs
+from biovfm_lib import cli, execution, runs
 from biovfm_lib.grid import load_grid
 from biovfm_lib.grid.state import GridState
 from biovfm_lib.reports import data_description
@@ -21,7 +21,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def make_run(notebook: str, status: str, html: bool = True, **fields) -> Path:
-    """A run folder as runs.execute leaves it (record, report), without running a kernel."""
+    """A run folder as execution.execute leaves it (record, report), without running a kernel."""
     params = fields.pop("parameters", {})
     run_dir = runs.create_run_dir(notebook, {**params, **fields})
     runs.atomic_write_json(run_dir / runs.RECORD, {
@@ -104,7 +104,7 @@ def test_report_header_states_data_commit_parameters_and_folds_code(isolated_out
     path = run_dir / "02_pretrain.ipynb"
     nbformat.write(nb, path)
 
-    text = runs.render_html(path).read_text()
+    text = execution.render_html(path).read_text()
     assert text.count('<details class="biovfm-code">') == 1
     folded = text[text.index('<details class="biovfm-code">'):]
     folded = folded[:folded.index("</details>")]

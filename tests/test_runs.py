@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from biovfm_lib import runs
+from biovfm_lib import execution, runs
 from biovfm_lib.params import ProbeParams
 
 
@@ -66,7 +66,7 @@ def test_collect_results_concatenates_completed_runs(isolated_outputs):
 
 def test_bad_parameters_fail_before_any_run_folder(isolated_outputs):
     with pytest.raises(Exception, match="epochs"):
-        runs.execute("03_probe", overrides={"epochs": 0})
+        execution.execute("03_probe", overrides={"epochs": 0})
     assert not (isolated_outputs / "runs").exists()
 
 
@@ -79,3 +79,18 @@ def test_outputs_paths_follow_the_outputs_root(isolated_outputs):
     assert runs.resolve("outputs/data/synthetic") == isolated_outputs / "data" / "synthetic"
     assert runs.resolve("params/probe") == runs.project_root() / "params" / "probe"
     assert runs.resolve("/abs/x") == runs.resolve("/abs/x").resolve()
+
+
+def test_the_run_layer_imports_nothing_above_it() -> None:
+    """runs is the bottom of the run/report/execution stack: it may use parameters, never
+    reports, grids or execution (which import it)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(runs.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module and node.module.startswith("biovfm_lib")}
+    imported |= {f"biovfm_lib.{alias.name}" for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module == "biovfm_lib"
+                 for alias in node.names}
+    assert imported <= {"biovfm_lib.params", "biovfm_lib.yaml_io"}, imported

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from biovfm_lib.analysis.reference import COLUMNS, REFERENCE_CSV, SUBSET_COLUMNS, load_reference
+from biovfm_lib.analysis.reference import (
+    COLUMNS,
+    REFERENCE_CSV,
+    STUDY_X,
+    SUBSET_COLUMNS,
+    load_reference,
+)
 from biovfm_lib.analysis.scaling import (
     SLOPE_COLUMNS,
     compare_algorithms,
@@ -35,7 +41,7 @@ def ref_slopes(ref: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- reference table
 def test_reference_shape(ref: pd.DataFrame) -> None:
-    assert list(ref.columns) == [*COLUMNS, *SUBSET_COLUMNS]
+    assert list(ref.columns) == [*COLUMNS, *SUBSET_COLUMNS, STUDY_X, "recipe"]
     assert len(ref) == 12 * (2 * 4 + 1)
     assert set(ref["task"]) == TASKS
     assert ref.groupby("algorithm").size().to_dict() == {"dinov2": 48, "mae": 48, "biomedclip": 12}

@@ -123,10 +123,50 @@ def test_export_rebuilds_with_plain_timm(synth, tmp_path):
     assert again.export == result.export and len(read_log(again.log)) == 2
 
 
-def test_a_failing_run_raises_with_the_log_tail(synth, tmp_path):
-    p = smoke(synth, tmp_path, tasks=["breastmnist"], batch_size=64)
-    with pytest.raises(LaunchError, match="fewer than one global batch"):
+def test_what_every_rank_would_fail_on_is_refused_before_launch(synth, tmp_path):
+    """A subset smaller than one global batch and a bad ``method`` value used to pass
+    validation and end as torchrun's ChildFailedError; now nothing starts or is written."""
+    small = smoke(synth, tmp_path, tasks=["breastmnist"], batch_size=64)
+    with pytest.raises(ValueError, match=r"has \d+ images, fewer than one global batch of 64 "
+                                         r"\(64 per process x 1 processes\)"):
+        launch(small, live=False)
+    bad_method = smoke(synth, tmp_path, method={"centering": "bogus"})
+    with pytest.raises(ValueError, match=r"^method: .*centering"):
+        launch(bad_method, live=False)
+    assert not any(tmp_path.iterdir())  # no training folder, no config.yaml
+
+
+def test_a_rank_failure_reports_the_ranks_own_exception_first(synth, tmp_path):
+    p = smoke(synth, tmp_path, method={"head_hidden_dim": -1})  # fails building the head
+    with pytest.raises(LaunchError) as info:
         launch(p, live=False)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("RuntimeError: ") and "negative dimension" in first
+    assert "ChildFailedError" not in first and "launch.log" in first
+
+
+def test_a_second_launch_of_a_running_folder_stops_at_once(synth, tmp_path):
+    from biovfm_lib.runs import FolderBusy
+
+    p = smoke(synth, tmp_path, max_steps=400, checkpoint_every=1000)
+    code = ("import sys, json\nfrom biovfm_lib.params import PretrainParams\n"
+            "from biovfm_lib.train.launch import launch\n"
+            "launch(PretrainParams.validate_mapping(json.loads(sys.argv[1])), live=False)\n")
+    first = subprocess.Popen([sys.executable, "-c", code, json.dumps(p.as_dict())],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        lock = resolve_config(p).dir / ".lock"
+        deadline = time.time() + 120
+        while not (lock.is_file() and lock.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        start = time.time()
+        with pytest.raises(FolderBusy, match=rf"in use by pid {first.pid} on "):
+            launch(p, live=False)
+        assert time.time() - start < 30  # at once, not after its compute
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
 
 
 def test_run_names_key_on_what_is_learned(synth, tmp_path):

@@ -19,6 +19,16 @@ alone says nothing about what the subset is. The two layers compose: a run's
 ``fraction: 0.5`` of the corpus subset ``{fraction: 0.1}`` is ``f0.5 of f0.1``, and modality
 lists intersect. A sidecar without a subset record gets ``unknown`` for both labels, and one
 that names a subset without its definition ``unknown:<name>``, rather than a guess.
+
+``params_study_m`` is the study's x-axis (the MAE pretraining model's trainable parameters at
+the checkpoint's size, :data:`biovfm_lib.models.factory.STUDY_PARAMS`): sidecars record it at
+export, and one written before they did gets it from its ``size``, so runs and the study's
+published slopes are fitted on one scale.
+
+``recipe`` names what the checkpoint was pretrained with (``study``, ``dinov2_p14``; see
+:class:`biovfm_lib.params.PretrainParams`), so fits never pool recipes. A sidecar written before
+recipes were recorded gets the one its code trained: ``dinov2_p14`` for DINOv2, ``study`` for
+MAE (:data:`biovfm_lib.params.LEGACY_RECIPES`).
 """
 from __future__ import annotations
 
@@ -27,14 +37,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from biovfm_lib.params import LEGACY_RECIPES
 from biovfm_lib.runs import collect_results
 
-POINT_COLUMNS = ["source", "algorithm", "size", "task", "metric", "value", "params_total_m",
-                 "params_encoder_m", "images_seen", "n_train_images", "data_subset",
-                 "modality_subset", "data_source", "checkpoint", "run_id"]
+POINT_COLUMNS = ["source", "algorithm", "recipe", "size", "task", "metric", "value", "params_total_m",
+                 "params_encoder_m", "params_study_m", "images_seen", "n_train_images",
+                 "data_subset", "modality_subset", "data_source", "checkpoint", "run_id"]
 
-NUMERIC = dict.fromkeys(
-    ["value", "params_total_m", "params_encoder_m", "images_seen", "n_train_images"], float)
+NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "params_study_m",
+                         "images_seen", "n_train_images"], float)
 UNKNOWN = "unknown"
 
 
@@ -44,6 +55,21 @@ def sidecar(checkpoint: str) -> dict:
         return {}
     path = Path(checkpoint).with_suffix(".json")
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def study_x(meta: dict) -> float:
+    """The study's x (M parameters) of a sidecar: its own record, else derived from its size."""
+    if meta.get("params_study_m") is not None:
+        return float(meta["params_study_m"])
+    from biovfm_lib.models.factory import study_params_m  # timm/torch: only once runs exist
+
+    return study_params_m(meta.get("size"))
+
+
+def recipe_of(meta: dict) -> str:
+    """The pretraining recipe a sidecar records, else the one its algorithm's code trained
+    before recipes were recorded."""
+    return meta.get("recipe") or LEGACY_RECIPES.get(meta.get("algorithm"), UNKNOWN)
 
 
 def _data_label(spec: dict) -> str:
@@ -104,11 +130,13 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
     return pd.DataFrame({
         "source": "runs",
         "algorithm": [meta[c]["algorithm"] for c in df.checkpoint],
+        "recipe": [recipe_of(meta[c]) for c in df.checkpoint],
         "size": [meta[c].get("size") for c in df.checkpoint],
         "task": df.task.to_numpy(), "metric": df.metric.to_numpy(), "value": df.value.to_numpy(),
         # a sidecar counts the exported encoder only: no decoder, so no total
         "params_total_m": float("nan"),
         "params_encoder_m": [meta[c]["n_params"] / 1e6 for c in df.checkpoint],
+        "params_study_m": [study_x(meta[c]) for c in df.checkpoint],
         "images_seen": [meta[c].get("images_seen") for c in df.checkpoint],
         "n_train_images": [meta[c].get("n_train_images") for c in df.checkpoint],
         "data_subset": [data for data, _ in subsets],

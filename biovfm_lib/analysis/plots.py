@@ -9,7 +9,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 COLORS = {"dinov2": "tab:blue", "mae": "tab:orange"}
 CURVE = ["source", "algorithm", "data_subset", "modality_subset"]
@@ -49,6 +49,18 @@ def _styles(df: pd.DataFrame) -> dict[tuple[str, str], str]:
     return {pair: MARKERS[i % len(MARKERS)] for i, pair in enumerate(pairs)}
 
 
+def _size_axis(ax: plt.Axes, sizes: pd.Series) -> None:
+    """A log x axis ticked at the sizes that were measured: decade ticks alone leave a few
+    nearby sizes (or a single one) with no labelled tick at all."""
+    ax.set_xscale("log")
+    values = np.unique(sizes.dropna().to_numpy(dtype=float))
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{v:.3g}" for v in values]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(values) == 1:  # one size: a margin either side, or the point sits on the frame
+        ax.set_xlim(values[0] / 1.5, values[0] * 1.5)
+
+
 def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.Figure:
     """Mean metric over tasks against size per curve; runs solid, reference dashed."""
     df = points[(points.metric == metric) & points[x].notna()]
@@ -62,8 +74,7 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.
                 ls="-" if source == "runs" else "--", color=COLORS.get(algo),
                 mfc=None if source == "runs" else "none",
                 label=curve_label(source, algo, data, modality))
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())  # a single size would label every minor tick
+    _size_axis(ax, df[x])
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
     ax.legend(fontsize=7)
@@ -102,8 +113,7 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
             b = baseline[(baseline.task == task) & (baseline.metric == metric)]
             if len(b):
                 ax.axhline(b.value.iloc[0], color="grey", ls=":", lw=1, label="BiomedCLIP")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _size_axis(ax, df.loc[df.task == task, x])
         ax.set_title(_short(task), fontsize=9)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")

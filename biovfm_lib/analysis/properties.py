@@ -11,6 +11,12 @@ Multi-label rule (ChestMNIST): DBI needs one class per image, so an image with n
 label`` in medmnist's label order. This keeps the dominant "no finding" group apart, which is
 what separates a chest X-ray task in practice, and is deterministic; its cost is that
 co-occurring findings are credited to the lower-indexed one.
+
+Counts: ``n_train`` is the training split, ``n_samples`` all three splits (the study's
+"# Samples", which its correlations use) and ``n_classes`` the classes (labels for ChestMNIST,
+5 grades for RetinaMNIST; the study's "# Classes"). Counts need no images:
+:func:`count_properties` takes them from ``medmnist.INFO`` and leaves the image properties
+empty, so the study's count correlations can be checked on a machine without data.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import medmnist
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -33,7 +40,8 @@ if TYPE_CHECKING:  # torch stays unimported unless an encoder is actually used
 
 MULTI_LABEL = "multi-label, binary-class"
 COLUMNS = ["task", "n_train", "n_classes", "task_type", "dbi_features", "dbi_pixels",
-           "compress_gzip", "compress_png", "entropy"]
+           "compress_gzip", "compress_png", "entropy", "n_samples"]
+IMAGE_COLUMNS = ["dbi_features", "dbi_pixels", "compress_gzip", "compress_png", "entropy"]
 ZLIB_LEVEL = 9  # fixed, so ratios never depend on a library default
 PNG_LEVEL = 9
 
@@ -140,7 +148,29 @@ def task_properties(root: str | Path, size: int = 28, tasks: Sequence[str] | Non
             "compress_gzip": compressibility(images, "gzip", len(images)),
             "compress_png": compressibility(images, "png", len(images)),
             "entropy": image_entropy(images, len(images)),
+            "n_samples": sum(len(split) for split in data.labels.values()),
         })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def measured(properties: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The ``columns`` every task has a value for: without images only the counts, so a
+    prediction or figure over properties uses what exists instead of failing on NaNs."""
+    return [c for c in columns if properties[c].notna().all()]
+
+
+def count_properties(tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The count properties of the real tasks from ``medmnist.INFO``, image ones NaN.
+
+    Same columns as :func:`task_properties`; what it returns for real files, without them.
+    """
+    rows = []
+    for flag in tasks or TASKS:
+        info = medmnist.INFO[flag]
+        rows.append({"task": flag, "n_train": info["n_samples"]["train"],
+                     "n_classes": len(info["label"]), "task_type": info["task"],
+                     **dict.fromkeys(IMAGE_COLUMNS, np.nan),
+                     "n_samples": sum(info["n_samples"].values())})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

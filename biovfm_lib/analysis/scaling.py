@@ -23,11 +23,17 @@ pool: ``full``, ``f0.25``, ``n100000``) and ``modality_subset`` (which pool: ``a
   the curve spans, smallest first (``"f0.25, f0.5, full"``);
 - modality subsets are compared at equal algorithm, size and data subset by
   :func:`subset_table`, and DINOv2 against MAE within each subset by :func:`compare_algorithms`.
+
+Every curve also holds its pretraining ``recipe`` fixed (``study``, ``dinov2_p14``): runs of
+two recipes are two curves, never one fit. Points without a ``recipe`` column (a table from a
+single source, such as the study's published numbers) form one recipe, labelled
+``unrecorded``.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,11 +43,20 @@ from scipy import optimize
 SLOPE_COLUMNS = [
     "source", "algorithm", "task", "metric", "axis", "fit",
     "slope", "se", "ci_low", "ci_high", "p_value", "n_points",
-    "data_subset", "modality_subset", "note",
+    "data_subset", "modality_subset", "recipe", "note",
 ]
 FIT_COLUMNS = SLOPE_COLUMNS[6:12]  # what a fit returns, besides its note
 SUBSET_COLUMNS = ["data_subset", "modality_subset"]
+RECIPE = "recipe"
+UNRECORDED_RECIPE = "unrecorded"
 MEAN_TASK = "mean"
+
+
+def _with_recipe(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with a complete ``recipe`` label (see the module notes), so grouping by it
+    keeps every point and never pools two recipes."""
+    recipe = points[RECIPE].fillna(UNRECORDED_RECIPE) if RECIPE in points else UNRECORDED_RECIPE
+    return points.assign(**{RECIPE: recipe})
 
 
 def _nan_result(n_points: int, note: str, **extra: float) -> dict:
@@ -203,7 +218,7 @@ def _usable(points: pd.DataFrame, x: str, metrics: Sequence[str] | None) -> pd.D
     df = df.dropna(subset=[x, "value"])
     if df[SUBSET_COLUMNS].isna().any().any():
         raise ValueError(f"points without a {' or '.join(SUBSET_COLUMNS)} label")
-    return df
+    return _with_recipe(df)
 
 
 def _fit_rows(group: pd.DataFrame, x: str, labels: dict, n_boot: int) -> list[dict]:
@@ -233,8 +248,8 @@ def scaling_slopes(
     source: str = "runs",
     n_boot: int = 1000,
 ) -> pd.DataFrame:
-    """One row per (algorithm, data subset, modality subset, task, metric, fit) with ``fit`` in
-    {"power_law", "saturating"}.
+    """One row per (algorithm, recipe, data subset, modality subset, task, metric, fit) with
+    ``fit`` in {"power_law", "saturating"}.
 
     ``points`` is tidy (``algorithm, task, metric, value, data_subset, modality_subset`` and
     the ``x`` column); rows missing x or value (e.g. BiomedCLIP, which has no size) are
@@ -244,7 +259,7 @@ def scaling_slopes(
     """
     df = _usable(points, x, metrics)
     rows = []
-    keys = ["algorithm", *SUBSET_COLUMNS, "metric"]
+    keys = ["algorithm", RECIPE, *SUBSET_COLUMNS, "metric"]
     for values, group in df.groupby(keys, sort=True):
         labels = {"source": source, "axis": axis, **dict(zip(keys, values))}
         rows += _fit_rows(group, x, labels, n_boot)
@@ -274,21 +289,22 @@ def compare_algorithms(
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Do algorithms ``a`` and ``b`` scale at different rates? One row per data subset,
-    modality subset and shared task, plus the mean.
+    modality subset, pair of recipes (``recipe_a``, ``recipe_b``) and shared task, plus the
+    mean.
 
     Both algorithms are compared on the same pretraining subset only: a subset that one of them
-    lacks gives no rows. Pools both curves in one OLS of ``log y`` on ``log x``, an indicator
+    lacks gives no rows. Each algorithm's curve holds one recipe. Pools both curves in one OLS of ``log y`` on ``log x``, an indicator
     for ``a`` and their interaction; the interaction is ``diff = slope_a - slope_b``, reported
     with its se, CI and t-test p-value. Pooling assumes a common residual variance for the two
     curves, and with 4 sizes per algorithm leaves only 4 residual df, so the test has little
     power: a large p means "not shown to differ", not "equal". The mean compares both
     algorithms over the same tasks (those present at every x for both).
     """
-    columns = ["task", "metric", *SUBSET_COLUMNS, "a", "b", "slope_a", "slope_b", "diff", "se",
-               "ci_low", "ci_high", "p_value", "n_points", "note"]
+    columns = ["task", "metric", *SUBSET_COLUMNS, "a", "b", "recipe_a", "recipe_b", "slope_a",
+               "slope_b", "diff", "se", "ci_low", "ci_high", "p_value", "n_points", "note"]
     df = _usable(points, x, [metric])
     rows = []
-    for subset, pair in df[df["algorithm"].isin([a, b])].groupby(SUBSET_COLUMNS, sort=True):
+    for subset, recipes, pair in _recipe_pairs(df[df["algorithm"].isin([a, b])], a, b):
         tasks = {algo: set(pair.loc[pair["algorithm"] == algo, "task"]) for algo in (a, b)}
         if not (tasks[a] and tasks[b]):
             continue
@@ -298,7 +314,7 @@ def compare_algorithms(
         curves.append((MEAN_TASK, mean, f"mean over {n_tasks} task(s)"))
         for task, g, note in curves:
             row = {"task": task, "metric": metric, **dict(zip(SUBSET_COLUMNS, subset)), "a": a,
-                   "b": b, "n_points": len(g)}
+                   "b": b, **dict(zip(("recipe_a", "recipe_b"), recipes)), "n_points": len(g)}
             ok = all(g.loc[g["algorithm"] == algo, x].nunique() >= 2 for algo in (a, b))
             positive = bool((g[x] > 0).all() and (g["value"] > 0).all())
             if ok and positive and len(g) > 4:
@@ -312,10 +328,24 @@ def compare_algorithms(
     return pd.DataFrame(rows, columns=columns)
 
 
+def _recipe_pairs(df: pd.DataFrame, a: str, b: str
+                  ) -> Iterator[tuple[tuple, tuple[str, str], pd.DataFrame]]:
+    """``(subset labels, (recipe of a, recipe of b), points)`` for every subset and every pair
+    of the two algorithms' recipes in it: one recipe per algorithm in each comparison."""
+    for subset, in_subset in df.groupby(SUBSET_COLUMNS, sort=True):
+        recipes = {algo: sorted(set(in_subset.loc[in_subset["algorithm"] == algo, RECIPE]))
+                   for algo in (a, b)}
+        for ra, rb in itertools.product(recipes[a], recipes[b]):
+            keep = (((in_subset["algorithm"] == a) & (in_subset[RECIPE] == ra))
+                    | ((in_subset["algorithm"] == b) & (in_subset[RECIPE] == rb)))
+            yield subset, (ra, rb), in_subset[keep]
+
+
 def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = None,
                         source: str = "runs", n_boot: int = 1000,
                         x: str = "n_train_images") -> pd.DataFrame:
-    """Slopes against data size, one (algorithm, model size, modality subset) at a time.
+    """Slopes against data size, one (algorithm, recipe, model size, modality subset) at a
+    time.
 
     Mixing model sizes or modality pools would confound them with data size, so each gets its
     own fits, labelled ``axis = "data_size:<size>"``; its ``data_subset`` lists the subsets
@@ -325,12 +355,13 @@ def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = No
     """
     df = _usable(points, x, metrics).dropna(subset=["size"])
     rows = []
-    keys = ["algorithm", "size", "modality_subset", "metric"]
+    keys = ["algorithm", RECIPE, "size", "modality_subset", "metric"]
     for values, group in df.groupby(keys, sort=True):
         labels = dict(zip(keys, values))
         spanned = group.groupby("data_subset")[x].median().sort_values().index
         rows += _fit_rows(group, x, {
-            "source": source, "algorithm": labels["algorithm"], "metric": labels["metric"],
+            "source": source, "algorithm": labels["algorithm"], RECIPE: labels[RECIPE],
+            "metric": labels["metric"],
             "axis": f"data_size:{labels['size']}", "data_subset": ", ".join(spanned),
             "modality_subset": labels["modality_subset"]}, n_boot)
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
@@ -342,9 +373,11 @@ def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 
     Every cell averages the same tasks (those measured in every cell, see :func:`task_mean`),
     so a run probed on fewer tasks cannot look better or worse for it; their number is in
-    ``table.attrs["n_tasks"]``.
+    ``table.attrs["n_tasks"]``. Points that carry a ``recipe`` add it to the rows, so two
+    recipes are never averaged into one cell.
     """
-    keys = ["algorithm", "size", "data_subset"]
+    keys = ["algorithm", *([RECIPE] if RECIPE in points else []), "size", "data_subset"]
+    points = _with_recipe(points)
     mean = task_mean(points[points["metric"] == metric], "modality_subset", by=keys)
     table = mean.pivot_table(index=keys, columns="modality_subset", values="value")
     table.attrs["n_tasks"] = int(mean["n_tasks"].iloc[0]) if len(mean) else 0

@@ -24,6 +24,10 @@ REASONS = {
     "not_an_image": "the file parses but holds no 2D image (e.g. a DICOM structured report)",
     "zero_variance": "every pixel has the same value",
     "too_small": "the shorter side is below the minimum size",
+    "unreadable_folder": "a folder under the source root that the process may not list",
+    "unreadable_file": "a file under the source root that the process may not even stat",
+    "symlink_loop": "a link that leads back to a folder on its own path, or to itself",
+    "broken_symlink": "a link whose target does not exist",
     "reader_error": "the reader failed in a way no check foresaw (the detail holds the "
                     "exception): a file variant or a bug to look into",
 }

@@ -2,9 +2,12 @@
 
 Stages, each resumable:
 
-1. plan: every available source's files, split into parts of ``files_per_part`` files;
+1. plan: every available source's files, split into parts of ``files_per_part`` files
+   (folders the walk cannot list and symlink loops become rejects rows, never a silent gap);
 2. stage: parts run in worker processes (:mod:`~biovfm_lib.curation.process`); a finished
-   part is never redone, so a rerun after a crash or a kill only does what is missing;
+   part is never redone, so a rerun after a crash or a kill only does what is missing, while
+   a part whose files changed since (size or modification time) is curated again and its
+   old rows are dropped; :attr:`CurationResult.changes` says which happened;
 3. finalise: duplicates are removed (:mod:`~biovfm_lib.curation.dedup`), the kept images are
    copied in a shuffled order into streaming-sized shards, and the manifest, rejects,
    duplicates, per-source summary and named subsets are written. Finalising is skipped when
@@ -18,7 +21,8 @@ Output folder::
     summary.parquet     per source: files, images read, rejects, duplicates, kept
     subsets/            <name>.parquet (image_id) per named subset + index.json
     shards/             corpus-NNNNNN.tar (WebDataset layout: <key>.png + <key>.json)
-    staging/, parts/    per-part work (the resume state; remove with clean_staging)
+    staging/, parts/    per-part work (the resume state; remove with clean_staging); after a
+                        finalise they hold this plan's parts only
     curation.json       settings and what the last finalise was made from
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +47,7 @@ from biovfm_lib.curation.process import (
     REJECT_COLUMNS,
     Part,
     Settings,
+    end_with_parent,
     process_part,
 )
 from biovfm_lib.curation.shards import ShardWriter, read_member
@@ -72,6 +78,15 @@ class CurationResult:
     images_per_second_per_core: float | None  # None when nothing was staged now
     seconds: float
     skipped_sources: list[str] = field(default_factory=list)
+    # parts against the last finished curation: reused (done before), changed (same file
+    # names, contents changed: curated again), new, removed (of the last run, replaced by none)
+    changes: dict[str, int] = field(default_factory=dict)
+
+    def changes_line(self) -> str:
+        """What the CLI and the notebook print, so a rerun says what it re-read."""
+        c = self.changes
+        return (f"parts: {c['reused']} reused, {c['changed']} re-curated (files changed), "
+                f"{c['new']} new, {c['removed']} removed")
 
 
 def curate(sources: list[Source], out_dir: str | Path, settings: Settings | None = None,
@@ -88,17 +103,22 @@ def curate(sources: list[Source], out_dir: str | Path, settings: Settings | None
     settings = settings or Settings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts, skipped_sources = plan_parts(sources, files_per_part)
-    todo = [p for p in parts if not (out / "parts" / f"{p.name(settings)}.parquet").is_file()]
+    parts, skipped_sources, problems = plan_parts(sources, files_per_part)
+    names, slots = [p.name(settings) for p in parts], [p.slot(settings) for p in parts]
+    done = [(out / "parts" / f"{n}.parquet").is_file() for n in names]
+    todo = [p for p, d in zip(parts, done) if not d]
+    previous = _read_state(out)
+    changes = _changes(names, slots, done, previous or {})
     stats = _stage(todo, out, settings, workers, progress)
     state = {"settings": asdict(settings), "near_distance": near_distance,
              "subsets": subsets or {}, "shard_images": shard_images,
-             "parts": [p.name(settings) for p in parts],
+             "parts": names, "slots": slots, "problems": problems.values.tolist(),
              "roots": {p.source["name"]: p.root for p in parts}}
-    if _read_state(out) != state or not (out / "manifest.parquet").is_file():
-        _finalise(sources, parts, out, settings, near_distance, subsets or {}, shard_images,
-                  progress)
+    if previous != state or not (out / "manifest.parquet").is_file():
+        _finalise(sources, parts, problems, out, settings, near_distance, subsets or {},
+                  shard_images, progress)
         atomic_write_json(out / STATE, state, overwrite=True)
+    _drop_stale_parts(out, set(names))
     if clean_staging:
         shutil.rmtree(out / "staging", ignore_errors=True)
         shutil.rmtree(out / "parts", ignore_errors=True)
@@ -115,30 +135,66 @@ def curate(sources: list[Source], out_dir: str | Path, settings: Settings | None
                  json.loads((out / "subsets" / "index.json").read_text()).items()},
         parts_done=len(todo), parts_skipped=len(parts) - len(todo),
         images_per_second_per_core=staged / busy if staged and busy else None,
-        seconds=time.perf_counter() - start, skipped_sources=skipped_sources)
+        seconds=time.perf_counter() - start, skipped_sources=skipped_sources,
+        changes=changes)
 
 
-def plan_parts(sources: list[Source], files_per_part: int) -> tuple[list[Part], list[str]]:
-    """Parts of every available source, in registry order; and the names of sources with no
-    root (registered but not downloaded here)."""
+def plan_parts(sources: list[Source], files_per_part: int
+               ) -> tuple[list[Part], list[str], pd.DataFrame]:
+    """Parts of every available source, in registry order; the names of sources with no
+    root (registered but not downloaded here); and, as rejects rows, what the walks could
+    not enter (a source whose every folder is unreadable has rows here and no parts)."""
     if files_per_part < 1:
         raise ValueError(f"files_per_part {files_per_part!r} must be at least 1")
-    parts, skipped = [], []
+    parts, skipped, problems = [], [], []
     for source in sources:
         if not source.available:
             skipped.append(source.name)
             continue
         root = source.root_path()
-        files = [p.relative_to(root).as_posix() for p in source.files()]
-        if not files:
+        scan = source.scan()
+        problems += [(path, reason, source.name, -1, detail)
+                     for path, reason, detail in scan.problems]
+        if not scan.files and not scan.problems:
             raise ValueError(f"source {source.name!r}: no files under {root} match "
                              f"{source.glob!r}")
+        files = [p.relative_to(root).as_posix() for p in scan.files]
         for n, i in enumerate(range(0, len(files), files_per_part)):
             parts.append(Part(source=source.model_dump(), root=str(root),
-                              files=tuple(files[i:i + files_per_part]), number=n))
+                              files=tuple(files[i:i + files_per_part]), number=n,
+                              stamps=tuple(scan.stamps[i:i + files_per_part])))
     if not parts:
-        raise ValueError("no source has a root: set 'root' for the sources downloaded here")
-    return parts, skipped
+        raise ValueError("no files to curate: " + (
+            "; ".join(f"{p[0]} ({p[1]})" for p in problems) if problems
+            else "no source has a root: set 'root' for the sources downloaded here"))
+    return parts, skipped, pd.DataFrame(problems, columns=list(REJECT_COLUMNS))
+
+
+def _changes(names: list[str], slots: list[str], done: list[bool],
+             previous: dict) -> dict[str, int]:
+    """Parts reused (staged before), curated again because their files changed, new, and
+    removed, against the last finished curation (whose names and slots ``previous`` holds;
+    a part whose slot it shares under another name is the same files, changed)."""
+    current = set(names)
+    gone = {slot for name, slot in zip(previous.get("parts", []), previous.get("slots", []))
+            if name not in current}
+    changed = sum(slot in gone for slot, d in zip(slots, done) if not d)
+    return {"reused": sum(done), "changed": changed, "new": done.count(False) - changed,
+            "removed": len(gone - set(slots))}
+
+
+_PART_FILE = re.compile(r"^(?P<part>.+?)(\.rejects)?\.parquet$")
+_STAGING_FILE = re.compile(r"^(?P<part>.+)-\d{6}\.tar(\.partial)?$")
+
+
+def _drop_stale_parts(out: Path, names: set[str]) -> None:
+    """Delete the work of parts this plan no longer has (files changed, removed or
+    regrouped), so the resume state is this corpus's and stale rows cannot come back."""
+    for folder, pattern in ((out / "parts", _PART_FILE), (out / "staging", _STAGING_FILE)):
+        for path in folder.glob("*") if folder.is_dir() else ():
+            match = pattern.match(path.name)
+            if match and match["part"] not in names:
+                path.unlink()
 
 
 def _stage(todo: list[Part], out: Path, settings: Settings, workers: int | None,
@@ -153,21 +209,37 @@ def _stage(todo: list[Part], out: Path, settings: Settings, workers: int | None,
             bar.update(len(part.files))
     else:  # spawn: a notebook kernel's threads make fork unsafe
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            futures = {pool.submit(process_part, p, out, settings): p for p in todo}
-            for future in as_completed(futures):
-                stats.append(future.result())
-                bar.update(len(futures[future].files))
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                 initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
+            try:
+                futures = {pool.submit(process_part, p, out, settings): p for p in todo}
+                for future in as_completed(futures):
+                    stats.append(future.result())
+                    bar.update(len(futures[future].files))
+            except BaseException:  # Ctrl-C (KeyboardInterrupt) or a failed part
+                _stop(pool)
+                raise
     bar.close()
     return stats
 
 
-def _finalise(sources: list[Source], parts: list[Part], out: Path, settings: Settings,
-              near_distance: int, subsets: dict[str, dict], shard_images: int,
-              progress: bool) -> None:
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the workers now rather than after every queued part (what leaving the ``with``
+    would wait for). A part cut short is redone next run: its rows are written last."""
+    workers = list((pool._processes or {}).values())  # no public handle before Python 3.14
+    for worker in workers:
+        worker.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _finalise(sources: list[Source], parts: list[Part], problems: pd.DataFrame, out: Path,
+              settings: Settings, near_distance: int, subsets: dict[str, dict],
+              shard_images: int, progress: bool) -> None:
     names = [p.name(settings) for p in parts]
     images = _concat([out / "parts" / f"{n}.parquet" for n in names], IMAGE_COLUMNS)
     rejects = _concat([out / "parts" / f"{n}.rejects.parquet" for n in names], REJECT_COLUMNS)
+    if len(problems):
+        rejects = pd.concat([problems, rejects], ignore_index=True)
     duplicates = find_duplicates(images, near_distance)
     kept = images[~images["image_id"].isin(duplicates["image_id"])]
     manifest = _write_shards(kept, out, settings, shard_images, progress)

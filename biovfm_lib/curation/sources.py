@@ -13,14 +13,19 @@ nibabel's examples) without machine-specific paths.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
+import stat
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from biovfm_lib.curation.readers import READERS
+from biovfm_lib.yaml_io import read_yaml
 
 PACKAGE_PREFIX = "package:"
 
@@ -66,9 +71,100 @@ class Source(BaseModel):
 
     def files(self) -> list[Path]:
         """Every regular file the glob(s) match, once each, in a stable (sorted) order."""
-        root = self.root_path()
+        return self.scan().files
+
+    def scan(self) -> Scan:
+        """The files the glob(s) match, with what identifies their content, and every place
+        the walk could not go (so nothing under the root is skipped in silence)."""
         patterns = [self.glob] if isinstance(self.glob, str) else self.glob
-        return sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+        return scan_tree(self.root_path(), [p.split("/") for p in patterns])
+
+
+@dataclass
+class Scan:
+    """What a walk of a source root found. ``stamps`` is (size, mtime in ns) per file: what
+    a part's identity hashes, so a file repaired or replaced in place is read again.
+    ``problems`` are (path text, reason, detail) for folders and links the walk could not
+    follow: an unreadable folder, a symlink loop, a link to nothing."""
+
+    files: list[Path] = field(default_factory=list)
+    stamps: list[tuple[int, int]] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def scan_tree(root: Path, patterns: list[list[str]]) -> Scan:
+    """Walk ``root`` as ``Path.glob`` would match ``patterns`` (split at "/"; ``**`` is any
+    number of folders), but following folder links, as datasets assembled from several
+    disks need, and recording each folder or link it cannot follow instead of skipping it.
+    A link back to a folder on its own path is a loop (what ``find -L`` reports)."""
+    found: list[tuple[Path, os.stat_result]] = []
+    problems: list[tuple[str, str, str]] = []
+    deepest = None if any("**" in p for p in patterns) else max(len(p) for p in patterns) - 1
+
+    def walk(folder: Path, rel: tuple[str, ...], ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            problems.append((path_text(folder), "unreadable_folder", _reason(err)))
+            return
+        descend = deepest is None or len(rel) < deepest
+        for entry in entries:
+            path, parts = folder / entry.name, (*rel, entry.name)
+            wanted = any(_matches(parts, p) for p in patterns)
+            if not wanted and entry.is_file(follow_symlinks=False):
+                continue  # most files of a big tree: no stat needed
+            try:
+                info = entry.stat()  # follows links
+            except OSError as err:  # a link to nothing or to itself, or a file we may not stat
+                if descend or wanted:
+                    link = entry.is_symlink() and err.errno in (errno.ELOOP, errno.ENOENT)
+                    reason = ("unreadable_file" if not link else
+                              "symlink_loop" if err.errno == errno.ELOOP else "broken_symlink")
+                    problems.append((path_text(path), reason, _reason(err)))
+                continue
+            if stat.S_ISREG(info.st_mode):
+                if wanted:
+                    found.append((path, info))
+            elif stat.S_ISDIR(info.st_mode) and descend:
+                if (info.st_dev, info.st_ino) in ancestors:
+                    target = path_text(os.path.realpath(path))
+                    problems.append((path_text(path), "symlink_loop",
+                                     f"leads back to {target}, a folder on its own path"))
+                else:
+                    walk(path, parts, ancestors | {(info.st_dev, info.st_ino)})
+
+    top = root.stat()
+    walk(root, (), frozenset({(top.st_dev, top.st_ino)}))
+    found.sort(key=lambda f: f[0])
+    return Scan([p for p, _ in found], [(i.st_size, i.st_mtime_ns) for _, i in found],
+                problems)
+
+
+def _matches(parts: tuple[str, ...], pattern: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:],
+                                                                          pattern[1:])
+
+
+def _reason(err: OSError) -> str:
+    return f"{type(err).__name__}: {err.strerror or err}"
+
+
+def path_text(path: str | Path) -> str:
+    """A path as the tables store it: ``str(path)`` for every name that is valid UTF-8;
+    a name that is not (parquet strings must be UTF-8) has each undecodable byte written
+    as ``\\xNN`` and each backslash doubled, so ``codecs.escape_decode`` gives back its
+    exact bytes and the text still reads like the name."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path).replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 def resolve_root(root: str) -> Path:
@@ -89,7 +185,7 @@ def load_sources(path: str | Path) -> list[Source]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sources file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     entries = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty top-level 'sources:' list")

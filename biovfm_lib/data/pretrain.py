@@ -118,7 +118,7 @@ def _folder_images(name: str, root: Path, glob: str | None) -> tuple[list, list,
 
 
 def _medmnist_images(name: str, root: Path, flag: str, size: int) -> tuple[list, list, range]:
-    path = check_file(root, flag, size).resolve()
+    path = check_file(root, flag, size, counts=False).resolve()  # only train images are read
     n = _npy_member(path, "train_images")[0][0]
     if n == 0:
         raise ValueError(f"source {name!r}: {path} has no train images")

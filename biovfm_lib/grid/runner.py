@@ -1,4 +1,4 @@
-"""Running a grid: every point's notebooks through ``runs.execute``, then the analysis once.
+"""Running a grid: every point's notebooks through ``execution.execute``, then the analysis once.
 
 A point's steps run in order and stop at the first failure; a failed point is recorded with
 its error and log tail and the grid goes on to the next. Finished steps are skipped, so a
@@ -23,11 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-from biovfm_lib import runs
+from biovfm_lib import execution, runs
+from biovfm_lib.execution import RunResult
 from biovfm_lib.grid.spec import Grid, GridError, Point, Step
 from biovfm_lib.grid.state import GridState, counts, headline, log_tail
 
-Execute = Callable[..., runs.RunResult]
+Execute = Callable[..., RunResult]
 Echo = Callable[[str], None]
 
 
@@ -150,7 +151,7 @@ def run_point(grid: Grid, point: Point, force: bool, start: float, echo: Echo = 
 def run_step(state: GridState, step: Step, owner: str, execute: Execute | None = None
              ) -> dict[str, Any]:
     """One notebook run, recorded as a dict; exceptions become a failed step, not a crash."""
-    execute = execute or runs.execute
+    execute = execute or execution.execute
     notebook, file, params = step.execute_args()
     started, t0 = runs.now(), time.time()
     record = {"name": step.name, "notebook": notebook, "started": started, "run_id": None,

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from biovfm_lib.params import ParamError, load_yaml, params_for
+from biovfm_lib.yaml_io import YamlError, read_yaml
 
 GRID_KEYS = ("name", "description", "steps", "axes", "sweeps", "analysis", "slurm")
 STEP_KEYS = ("notebook", "file", "params")
@@ -41,7 +40,7 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One notebook run of a point (or of the analysis), ready for ``runs.execute``."""
+    """One notebook run of a point (or of the analysis), ready for ``execution.execute``."""
 
     name: str
     notebook: str
@@ -63,7 +62,7 @@ class Step:
         return None
 
     def execute_args(self) -> tuple[str, Path | None, dict[str, Any]]:
-        """``runs.execute`` arguments: the file (copied into the run folder for the record)
+        """``execution.execute`` arguments: the file (copied into the run folder for the record)
         and every merged value as an override, so what runs is what the id hashed."""
         return self.notebook, param_file(self.file) if self.file else None, self.values()
 
@@ -80,6 +79,20 @@ class Point:
     def validate(self) -> str | None:
         errors = [f"{s.name} ({s.notebook}): {e}" for s in self.steps if (e := s.validate())]
         return "\n".join(errors) or None
+
+    def missing_input(self) -> str | None:
+        """What the first step would miss on disk (later steps read what earlier ones make)."""
+        from biovfm_lib.preflight import MissingInput, check_inputs
+
+        first = self.steps[0]
+        try:
+            params = params_for(first.notebook).validate_mapping(first.values()).as_dict()
+            check_inputs(first.notebook, params)
+        except ParamError:  # reported as this point's parameter error when it runs
+            return None
+        except MissingInput as err:
+            return f"point {self.slug}: {err}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,10 @@ def load_grid(path: str | Path) -> Grid:
     path = path if path.is_absolute() or path.is_file() else project_root() / path
     if not path.is_file():
         raise GridError(f"grid file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = read_yaml(path) or {}
+    except YamlError as err:
+        raise GridError(str(err)) from None
     where = str(path)
     _mapping(data, where, "the file")
     _known_keys(data, GRID_KEYS, where, "")

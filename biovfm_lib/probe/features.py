@@ -1,16 +1,21 @@
 """Frozen-encoder features, and an on-disk cache of them.
 
 Features follow the official BioVFM probe: the mean of the last block's patch tokens (no CLS,
-no register tokens), before the model's own final norm, through a LayerNorm without affine
-parameters. The ``cls`` option uses the CLS token after the model's final norm instead.
-Extraction runs under bf16 autocast on GPU and fp32 on CPU.
+no register tokens), before the model's own final norm, through the study's fresh
+``LayerNorm(eps=1e-6)`` (weight 1, bias 0, frozen: a LayerNorm without affine parameters). The
+``cls`` option uses the CLS token after the model's final norm instead.
+Precision ``auto`` extracts under bf16 autocast on GPU and in fp32 on CPU; the study extracted
+in fp32 everywhere (``fp32``). ``bf16`` is allowed on CPU too: slow there, but it shows what
+bf16 does to the features on a machine without a GPU.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from contextlib import nullcontext
+import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,13 +28,42 @@ from biovfm_lib.data.transforms import to_model_input
 from biovfm_lib.runs import atomic_write_bytes, atomic_write_json
 
 FeatureKind = Literal["mean_patch", "cls"]
+Precision = Literal["auto", "bf16", "fp32"]
+
+# Bumped whenever the features of the same encoder and images change, so a cache never serves
+# an older definition: 2 = pooled LayerNorm eps 1e-6 (the study's) instead of torch's 1e-5.
+FEATURE_VERSION = 2
+LAYER_NORM_EPS = 1e-6
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU probes stay in fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def feature_precision(precision: Precision, device: torch.device) -> Literal["bf16", "fp32"]:
+    """What ``auto`` means on ``device``, so caches key on the arithmetic actually used."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(device: torch.device, precision: Precision = "auto"
+                 ) -> AbstractContextManager[Any]:
+    """bf16 autocast where ``precision`` resolves to bf16 on ``device``; a no-op for fp32."""
+    if feature_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def backbone_training(model: torch.nn.Module, train: bool) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in train (live drop path) or eval mode for one block, then restore it.
+
+    The study's heads train on features of a backbone left in train mode; restoring the mode
+    afterwards keeps validation and test extraction in eval mode whatever happened before.
+    """
+    was_training = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -43,21 +77,21 @@ def encode(model: torch.nn.Module, x: torch.Tensor, kind: FeatureKind = "mean_pa
     (last,) = model.forward_intermediates(
         x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True)
     pooled = last.float().mean(dim=1)
-    return F.layer_norm(pooled, pooled.shape[-1:])
+    return F.layer_norm(pooled, pooled.shape[-1:], eps=LAYER_NORM_EPS)
 
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
                      kind: FeatureKind = "mean_patch", batch_size: int = 256,
-                     desc: str = "features") -> np.ndarray:
-    """Features of uint8 MedMNIST images, in order, as float32 (N, D)."""
+                     desc: str = "features", precision: Precision = "auto") -> np.ndarray:
+    """Features of uint8 MedMNIST images, in order, as float32 (N, D), in eval mode."""
     model.eval()
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
                       mininterval=2.0):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
         x = to_model_input(batch.to(device, non_blocking=True))
-        with autocast_for(device):
+        with autocast_for(device, precision):
             out.append(encode(model, x, kind).cpu())
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
@@ -71,28 +105,70 @@ def file_identity(path: Path) -> dict[str, Any]:
 class FeatureCache:
     """Features on disk, one ``.npy`` per (encoder, dataset file, split, image size, kind).
 
-    The key is a hash of everything that determines the features, so a changed checkpoint or
-    data file can never be served stale features; entries are written atomically.
+    The key is a hash of everything that determines the features, plus ``FEATURE_VERSION``, so
+    a changed checkpoint, data file or feature definition can never be served stale features;
+    entries are written atomically. Each entry's JSON sidecar holds what it was made from and
+    the SHA-256, shape and row count of its ``.npy``: a file truncated, zeroed or replaced
+    behind the cache's back would otherwise be served as features (or fail on every rerun), so
+    :meth:`get` verifies an entry and treats a bad one as a miss, with a warning naming it.
     """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def key(self, **parts: Any) -> str:
-        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        blob = json.dumps({**parts, "feature_version": FEATURE_VERSION}, sort_keys=True,
+                          default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, rows: int | None = None) -> np.ndarray | None:
+        """The entry's features, or None when absent or unusable; ``rows`` is the number of
+        images the caller is about to encode, so an entry of another length is never used."""
         path = self.path(key)
-        return np.load(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        array, problem = self._verified(path, rows)
+        if problem:
+            warnings.warn(f"feature cache entry {path} is unusable ({problem}); discarding it "
+                          "and recomputing the features", stacklevel=2)
+            return None
+        return array
+
+    def _verified(self, path: Path, rows: int | None) -> tuple[np.ndarray | None, str]:
+        """The entry's array and "" when it matches its sidecar (and ``rows``), else None and
+        what is wrong."""
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            return None, "no checksum: its sidecar is missing, unreadable or predates checksums"
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+            return None, (f"checksum mismatch: {len(blob)} bytes on disk, {meta.get('bytes')} "
+                          "written; truncated or changed since")
+        try:
+            array = np.load(io.BytesIO(blob), allow_pickle=False)
+        except ValueError as err:
+            return None, f"not a readable .npy ({err})"
+        if list(array.shape) != meta.get("shape"):
+            return None, f"shape {array.shape}, its sidecar says {meta.get('shape')}"
+        if rows is not None and len(array) != rows:
+            return None, f"{len(array)} rows, expected {rows}, one per image of the split"
+        return array, ""
 
     def put(self, key: str, array: np.ndarray, **meta: Any) -> Path:
+        """Store ``array`` with ``meta`` (what it was made from) and what :meth:`get` checks."""
         buf = io.BytesIO()
         np.save(buf, array)
+        blob = buf.getvalue()
         path = self.path(key)
-        atomic_write_bytes(path, buf.getvalue(), overwrite=True)
-        atomic_write_json(path.with_suffix(".json"), meta, overwrite=True)
+        atomic_write_bytes(path, blob, overwrite=True)
+        atomic_write_json(path.with_suffix(".json"), {
+            **meta, "key": key, "feature_version": FEATURE_VERSION, "rows": len(array),
+            "shape": list(array.shape), "dtype": str(array.dtype), "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest()}, overwrite=True)
         return path

@@ -1,9 +1,11 @@
 """Linear heads on frozen features, several learning rates trained side by side.
 
-The head is the official BioVFM one: BatchNorm1d without affine parameters, then Linear,
-trained with AdamW (weight decay 0) under a cosine schedule over the epochs. Each learning rate
-gets its own head fed by the same batches, so a sweep costs one pass over the features.
-The state kept is the (learning rate, epoch) with the lowest validation loss.
+The head is the official BioVFM one: BatchNorm1d without affine parameters (eps 1e-6), then
+Linear with weights drawn trunc-normal with std 0.01 (MoCo v3's probe init, as the study sets
+it), trained with AdamW (weight decay 0) under a cosine schedule over the epochs. Each learning
+rate gets its own head fed by the same batches, so a sweep costs one pass over the features.
+The state kept is the (learning rate, epoch) with the lowest validation loss. Training batches
+drop the last partial batch, as the study's loader does (``drop_last=True``).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -19,10 +22,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+# The study's bias init depends on the build: its MAE/ViT models zero every Linear bias (timm's
+# init), its DINOv2 classifier adds the head after that init, keeping nn.Linear's uniform one.
+HeadBias = Literal["zero", "uniform"]
+BN_EPS = 1e-6
+HEAD_INIT_STD = 0.01
 
 
-def linear_head(dim: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, n_out))
+def linear_head(dim: int, n_out: int, bias: HeadBias = "zero") -> nn.Sequential:
+    """The study's probe head, initialised as its builder does."""
+    linear = nn.Linear(dim, n_out)
+    nn.init.trunc_normal_(linear.weight, std=HEAD_INIT_STD)
+    if bias == "zero":
+        nn.init.zeros_(linear.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=BN_EPS), linear)
 
 
 def loss_fn(multilabel: bool) -> nn.Module:
@@ -51,12 +64,23 @@ class ProbeFit:
     history: pd.DataFrame  # epoch, lr, train_loss, val_loss
 
 
+def train_drop_last(n: int, batch_size: int) -> bool:
+    """Whether to drop the last partial batch: yes, unless it is the only batch there is.
+
+    The study drops it; on a split smaller than one batch that would train on nothing, so
+    such a split keeps its one partial batch instead (real MedMNIST train splits never are).
+    """
+    return n >= batch_size
+
+
 def feature_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:
     """Shuffled mini-batches of cached features, a fresh permutation each epoch."""
+    stop = len(x) - len(x) % batch_size if train_drop_last(len(x), batch_size) else len(x)
+
     def batches(epoch: int):
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), batch_size):
+        for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
             yield x[idx], y[idx]
     return batches
@@ -65,12 +89,17 @@ def feature_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
 def fit_linear_heads(train_batches: Batches, val_x: torch.Tensor, val_y: torch.Tensor,
                      n_out: int, multilabel: bool, lrs: list[float], epochs: int,
                      weight_decay: float = 0.0, device: torch.device | str = "cpu",
-                     seed: int = 0, desc: str = "heads") -> ProbeFit:
-    """Train one head per learning rate; keep the lowest-validation-loss state of any head."""
+                     seed: int = 0, desc: str = "heads", head_bias: HeadBias = "zero"
+                     ) -> ProbeFit:
+    """Train one head per learning rate; keep the lowest-validation-loss state of any head.
+
+    An epoch without a single batch of two or more samples (BatchNorm's minimum) is an error:
+    a head that never trained must not be evaluated as if it had.
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     dim = val_x.shape[1]
-    heads = nn.ModuleList(linear_head(dim, n_out) for _ in lrs).to(device)
+    heads = nn.ModuleList(linear_head(dim, n_out, head_bias) for _ in lrs).to(device)
     opt = torch.optim.AdamW(
         [{"params": h.parameters(), "lr": lr} for h, lr in zip(heads, lrs)],
         weight_decay=weight_decay)
@@ -93,18 +122,20 @@ def fit_linear_heads(train_batches: Batches, val_x: torch.Tensor, val_y: torch.T
             opt.step()
             totals += losses.detach() * len(xb)
             seen += len(xb)
+        if seen == 0:
+            raise ValueError(f"epoch {epoch}: no training batch of at least 2 samples")
         sched.step()
         heads.eval()
         with torch.no_grad():
             val_losses = [criterion(h(val_x), val_y).item() for h in heads]
         for i, lr in enumerate(lrs):
-            rows.append({"epoch": epoch, "lr": lr, "train_loss": (totals[i] / max(seen, 1)).item(),
+            rows.append({"epoch": epoch, "lr": lr, "train_loss": (totals[i] / seen).item(),
                          "val_loss": val_losses[i]})
             if best is None or val_losses[i] < best[0]:
                 best = (val_losses[i], i, epoch, copy.deepcopy(heads[i].state_dict()))
     assert best is not None
     val_loss, index, epoch, state = best
-    head = linear_head(dim, n_out).to(device)
+    head = linear_head(dim, n_out, head_bias).to(device)
     head.load_state_dict(state)
     return ProbeFit(head.eval(), lrs[index], epoch, val_loss, pd.DataFrame(rows))
 

@@ -7,64 +7,84 @@ for multi-class / ordinal-regression / binary-class (the positive score of a bin
 column -1, as in medmnist's evaluator; (n,) is also accepted) and (n, L) sigmoid for
 multi-label.
 
-Rules (every metric is checked against scikit-learn and medmnist in tests/test_metrics.py):
+Metrics (``METRICS``; each is checked against scikit-learn, medmnist and the study's
+evaluation code in tests/test_metrics.py). The study's published numbers come from
+``medmnist.Evaluator`` (AUC, ACC) and from the BioVFM evaluation's confusion-matrix metrics
+at thresholds tuned on the validation split; both sets are reproduced exactly:
 
-* multi-class and ordinal-regression (RetinaMNIST is treated as 5-class classification):
-  the prediction is the argmax of the scores (first maximum on ties, as ``np.argmax``).
-  ``auc`` is the mean over classes of the one-vs-rest AUC of that class's score column, exactly
-  medmnist's ``getAUC``. ``acc``, ``balanced_acc``, ``mcc`` and ``f1_macro`` are sklearn's
-  ``accuracy_score``, ``balanced_accuracy_score``, ``matthews_corrcoef`` (multi-class formula)
-  and ``f1_score(average='macro')``.
-* binary-class: the prediction is ``score[:, -1] > threshold`` (strict, as medmnist's
-  ``getACC``); ``auc`` is ``roc_auc_score`` of the positive score; the other metrics are the
-  sklearn functions above on the 0/1 predictions, so ``f1_macro`` averages the F1 of both
-  classes (``average='macro'``, not sklearn's default ``average='binary'``).
-* multi-label: label ``l`` is predicted positive when ``score[:, l] > thresholds[l]``.
-  ``auc``, ``acc``, ``balanced_acc`` and ``mcc`` are means over labels of the per-label binary
-  metric (``auc`` and ``acc`` are then medmnist's ``getAUC``/``getACC``); ``f1_macro`` is
-  ``f1_score(Y, P, average='macro')`` on the indicator matrices, i.e. the per-label F1
-  ``2TP / (2TP + FP + FN)`` averaged over all labels, 0 for a label never true nor predicted.
-* thresholds: ``None`` means 0.5, medmnist's convention. ``choose_thresholds`` picks, per
-  label, the threshold maximising MCC on the split it is given (the caller passes the
-  validation split). Candidates are one value below the smallest score (all positive), the
-  midpoints between consecutive distinct scores, and the largest score (all negative), which
-  realises every distinct partition of the samples. Ties in MCC (within 1e-12) go to the
-  candidate closest to 0.5 and then to the smaller one, so a flat optimum stays near the
-  default and the choice is deterministic.
+* ``auc``: medmnist's ``getAUC``: binary-class AUC of the positive score; otherwise the mean
+  over classes (labels) of the one-vs-rest AUC of that score column.
+* ``acc``: medmnist's ``getACC``, the study's published accuracy: argmax for multi-class and
+  ordinal-regression (RetinaMNIST is 5-class classification), ``score > 0.5`` for binary and
+  per label for multi-label (then the mean over labels). It ignores tuned thresholds.
+* ``acc_tuned``: the same accuracy at the tuned thresholds (equal to ``acc`` for argmax tasks).
+* at the tuned thresholds: ``balanced_acc``, ``mcc``, ``f1``, ``f1_macro``, ``f1_micro``,
+  ``recall_macro``, ``recall_micro``, each sklearn's function as the study calls it:
+
+  - single-label: ``balanced_accuracy_score``, ``matthews_corrcoef`` (multi-class formula),
+    ``f1_score`` / ``recall_score`` with ``average='macro'`` / ``'micro'``;
+  - binary-class: the study calls ``f1_score`` and ``recall_score`` with sklearn's default
+    ``average='binary'``, so ``f1``, ``f1_micro`` are the positive class's F1 and
+    ``recall_macro``, ``recall_micro`` its recall. ``f1_macro`` is ours, the mean F1 of both
+    classes; the study's column of that name is our ``f1``;
+  - multi-label: ``acc``, ``balanced_acc`` and ``mcc`` are means over labels of the binary
+    metric; F1 and recall are sklearn's on the indicator matrices (macro: per-label values
+    averaged over all labels; micro: pooled counts).
+
+  ``f1`` is the study's reported F1 for every task type: the positive class's for binary,
+  sklearn macro otherwise.
+
+Thresholds (:mod:`biovfm_lib.probe.thresholds`) are chosen on the validation split and fixed
+for the test split; a sample is positive when its score is strictly greater.
 
 Degenerate cases (a class missing from the test set or, more often, from a bootstrap
 resample) follow sklearn wherever sklearn defines a value, and never warn:
 
 * a class's one-vs-rest AUC is undefined without both positives and negatives; ``auc`` is
-  the mean over the classes (labels) where it is defined, NaN when there is none;
+  the mean over the classes (labels) where it is defined, NaN when there is none (sklearn,
+  and so the study, gives NaN as soon as one class is undefined; :func:`absent_classes`
+  names them so a result can say so);
 * ``mcc`` is 0 when its denominator is 0 (a constant truth or prediction), as sklearn;
 * ``balanced_acc`` averages recall over the classes present in the truth (sklearn drops the
   others); per multi-label label, this is the recall of the one class present, if only one;
-* single-label ``f1_macro`` averages over the classes present in the truth or the predictions
-  (sklearn's default ``labels``); multi-label ``f1_macro`` scores an absent label 0.
+* single-label ``f1_macro`` and ``recall_macro`` average over the classes present in the truth
+  or the predictions (sklearn's default ``labels``); an undefined F1 or recall scores 0
+  (sklearn's ``zero_division`` default), also for a multi-label label.
 
-Bootstrap: each resample draws n test samples with replacement (resample r from the r-th
-child of ``SeedSequence(seed)``, so results do not depend on how resamples are chunked). Every
-metric is a function of per-sample weights, so the point estimate uses weights 1 and a
-resample uses its multinomial counts. Sorting happens once, outside the resampling loop: the
-weighted AUC is the Mann-Whitney statistic (ties count half, equal to
+Bootstrap (``ci_rule``): every metric is a function of per-sample weights, so the point
+estimate uses weights 1 and a resample its multinomial counts. Sorting happens once, outside
+the resampling loop: the weighted AUC is the Mann-Whitney statistic (ties count half, equal to
 ``roc_auc_score(..., sample_weight=w)``) and needs only weight sums over fixed groups of
 samples (score-ordered runs of negatives, and positives between the same runs), and the
 confusion matrices are weight sums over (truth, prediction) cells. All those sums, for a chunk
-of resamples at once, are one sparse 0/1 matrix product with the counts. The interval is the
-percentile interval (``np.percentile``, linear interpolation) of each metric's resample
-values; resamples where a metric is undefined (NaN AUC) are left out of its interval.
+of resamples at once, are one sparse 0/1 matrix product with the counts.
+
+* ``study`` (the default): resample ``i`` is ``sklearn.utils.resample(idx, replace=True,
+  random_state=i)``, as the study draws it (the seed is not used), and the interval is the
+  order statistics ``sorted[int(alpha/2 * B) - 1]`` and ``sorted[int((1 - alpha/2) * B) - 1]``
+  of the ``B`` replicate values (NaN sorted last), rounded to 4 decimals like the replicate
+  mean. The rule needs ``B >= 2 / alpha`` (40 at 95%): below that its lower index is -1.
+* ``percentile``: resample ``r`` draws from the ``r``-th child of ``SeedSequence(seed)`` (the
+  same whatever the chunking) and the interval is ``np.percentile`` (linear interpolation) of
+  the replicate values where the metric is defined.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils import resample
 
-METRICS = ("auc", "acc", "balanced_acc", "mcc", "f1_macro")
+METRICS = ("auc", "acc", "acc_tuned", "balanced_acc", "mcc", "f1", "f1_macro", "f1_micro",
+           "recall_macro", "recall_micro")
+# What the study publishes per task, in its order: the headline table and figures show these.
+STUDY_METRICS = ("auc", "acc", "balanced_acc", "mcc", "f1")
+CI_RULES = ("study", "percentile")
+CiRule = Literal["study", "percentile"]
 MULTI_CLASS = "multi-class"
 BINARY = "binary-class"
 MULTI_LABEL = "multi-label, binary-class"
@@ -74,7 +94,14 @@ TASKS = (MULTI_CLASS, BINARY, MULTI_LABEL, ORDINAL)
 DEFAULT_THRESHOLD = 0.5
 # Bound on (samples or groups) x resamples per bootstrap chunk: ~32 MB per array.
 _CHUNK_ELEMENTS = 2**22
-_TIE_TOLERANCE = 1e-12
+
+
+class Interval(NamedTuple):
+    """A bootstrap confidence interval and the mean of the replicates it was taken from."""
+
+    low: float
+    high: float
+    mean: float
 
 
 @dataclass(frozen=True)
@@ -102,11 +129,13 @@ class _Problem:
     """
 
     n: int
+    task: str
     groups: sp.csr_matrix
     auc_columns: list[_AucColumn]
     cells: slice  # rows of the group sums: (truth, prediction) cells, row-major per label
+    default_cells: slice | None  # the same cells at threshold 0.5 (None for argmax tasks)
     n_labels: int | None  # L for multi-label (cells are L blocks of 2x2), else None
-    n_classes: int  # K x K cells for single-label tasks
+    n_classes: int  # K x K cells for single-label tasks (2 for binary)
 
 
 def _auc_groups(target: np.ndarray, score: np.ndarray, offset: int
@@ -167,9 +196,8 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> 
 
 
 def _confusion_metrics(conf: np.ndarray) -> dict[str, np.ndarray]:
-    """acc, balanced_acc, mcc and f1_macro from confusion matrices (..., K, K) [truth, pred].
-
-    Written with sklearn's formulas and its conventions for absent classes (module docstring).
+    """acc, balanced_acc, mcc, f1_macro and recall_macro of confusion matrices (..., K, K)
+    [truth, pred], with sklearn's formulas and conventions for absent classes (module notes).
     """
     true_sum = conf.sum(-1)
     pred_sum = conf.sum(-2)
@@ -179,36 +207,73 @@ def _confusion_metrics(conf: np.ndarray) -> dict[str, np.ndarray]:
     cov_tp = correct * total - (true_sum * pred_sum).sum(-1)
     cov_pp = total**2 - (pred_sum**2).sum(-1)
     cov_tt = total**2 - (true_sum**2).sum(-1)
+    recall = _safe_divide(diag, true_sum, 0.0)
+    seen = true_sum + pred_sum > 0  # sklearn's default labels: in the truth or predictions
     return {
         "acc": correct / total,
-        "balanced_acc": _masked_mean(_safe_divide(diag, true_sum, 0.0), true_sum > 0),
+        "balanced_acc": _masked_mean(recall, true_sum > 0),
         "mcc": _safe_divide(cov_tp, np.sqrt(cov_tt * cov_pp), 0.0),
-        "f1_macro": _masked_mean(
-            _safe_divide(2 * diag, true_sum + pred_sum, 0.0), true_sum + pred_sum > 0
-        ),
+        "f1_macro": _masked_mean(_safe_divide(2 * diag, true_sum + pred_sum, 0.0), seen),
+        "recall_macro": _masked_mean(recall, seen),
     }
 
 
-def _metrics_from_weights(problem: _Problem, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """All five metrics for each column of ``weights`` (n, B)."""
-    sums = problem.groups @ weights
-    aucs = np.stack([_auc_from_sums(col, sums) for col in problem.auc_columns], axis=-1)
-    out = {"auc": _masked_mean(aucs, ~np.isnan(aucs))}
-    cells = sums[problem.cells].T.astype(np.float64)
-    if problem.n_labels is None:
-        k = problem.n_classes
-        out.update(_confusion_metrics(cells.reshape(-1, k, k)))
-        return out
-    per_label = cells.reshape(-1, problem.n_labels, 2, 2)
-    binary = _confusion_metrics(per_label)
-    out.update({name: binary[name].mean(-1) for name in ("acc", "balanced_acc", "mcc")})
-    tp, fp, fn = per_label[..., 1, 1], per_label[..., 0, 1], per_label[..., 1, 0]
-    out["f1_macro"] = _safe_divide(2 * tp, 2 * tp + fp + fn, 0.0).mean(-1)
+def mcc_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray
+                    ) -> np.ndarray:
+    """Binary MCC of count arrays, in sklearn's float operations, so candidates tie exactly as
+    they do in ``matthews_corrcoef`` (which decides the study's first maximum)."""
+    conf = np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], -2)
+    return _confusion_metrics(conf.astype(np.float64))["mcc"]
+
+
+def _positive_class(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, ...]:
+    """F1 and recall of the positive class (0 where undefined, sklearn's zero_division)."""
+    return _safe_divide(2 * tp, 2 * tp + fp + fn, 0.0), _safe_divide(tp, tp + fn, 0.0)
+
+
+def _single_label_metrics(conf: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
+    out = _confusion_metrics(conf)
+    if binary:  # sklearn's average='binary', which the study's f1 and recall calls use
+        f1, recall = _positive_class(conf[..., 1, 1], conf[..., 0, 1], conf[..., 1, 0])
+        out.update(f1=f1, f1_micro=f1, recall_macro=recall, recall_micro=recall)
+    else:  # micro averages over all predictions of a single-label task are the accuracy
+        out.update(f1=out["f1_macro"], f1_micro=out["acc"], recall_micro=out["acc"])
     return out
 
 
-def _validate(y_true, y_score, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (truth, scores): int (n,) and (n, C) for single-label tasks, bool and float
+def _multi_label_metrics(per_label: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics of (..., L, 2, 2) per-label confusion matrices."""
+    binary = _confusion_metrics(per_label)
+    out = {name: binary[name].mean(-1) for name in ("acc", "balanced_acc", "mcc")}
+    tp, fp, fn = per_label[..., 1, 1], per_label[..., 0, 1], per_label[..., 1, 0]
+    f1, recall = _positive_class(tp, fp, fn)
+    f1_micro, recall_micro = _positive_class(tp.sum(-1), fp.sum(-1), fn.sum(-1))
+    out.update(f1=f1.mean(-1), f1_macro=f1.mean(-1), f1_micro=f1_micro,
+               recall_macro=recall.mean(-1), recall_micro=recall_micro)
+    return out
+
+
+def _metrics_from_weights(problem: _Problem, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of ``METRICS`` for each column of ``weights`` (n, B)."""
+    sums = problem.groups @ weights
+    aucs = np.stack([_auc_from_sums(col, sums) for col in problem.auc_columns], axis=-1)
+    out = {"auc": _masked_mean(aucs, ~np.isnan(aucs))}
+
+    def confusion(cells: slice) -> dict[str, np.ndarray]:
+        c = sums[cells].T.astype(np.float64)
+        if problem.n_labels is None:
+            k = problem.n_classes
+            return _single_label_metrics(c.reshape(-1, k, k), binary=problem.task == BINARY)
+        return _multi_label_metrics(c.reshape(-1, problem.n_labels, 2, 2))
+
+    tuned = confusion(problem.cells)
+    default = tuned if problem.default_cells is None else confusion(problem.default_cells)
+    out.update(tuned, acc=default["acc"], acc_tuned=tuned["acc"])
+    return {name: out[name] for name in METRICS}
+
+
+def validate_scores(y_true, y_score, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check one split's labels and scores; return (truth, scores): int (n,) and (n, C) for single-label tasks, bool and float
     (n, L) for multi-label; binary scores become the (n, 1) positive column."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -256,18 +321,23 @@ def _validate_thresholds(thresholds, task: str, n_labels: int) -> np.ndarray:
 
 
 def _prepare(y_true, y_score, task: str, thresholds) -> _Problem:
-    truth, score = _validate(y_true, y_score, task)
+    truth, score = validate_scores(y_true, y_score, task)
     n, width = score.shape
     thresholds = _validate_thresholds(thresholds, task, width)
+    default = None
     if task == MULTI_LABEL:
         targets = truth
         cell = 4 * np.arange(width) + 2 * truth + (score > thresholds)
+        default = 4 * np.arange(width) + 2 * truth + (score > DEFAULT_THRESHOLD)
         n_labels, n_classes = width, 2
     else:
         n_classes = 2 if task == BINARY else width
-        pred = (score[:, 0] > thresholds[0]) if task == BINARY else score.argmax(axis=1)
         targets = (truth == 1)[:, None] if task == BINARY else truth[:, None] == np.arange(width)
-        cell = (truth * n_classes + pred)[:, None]
+        if task == BINARY:
+            cell = (2 * truth + (score[:, 0] > thresholds[0]))[:, None]
+            default = (2 * truth + (score[:, 0] > DEFAULT_THRESHOLD))[:, None]
+        else:
+            cell = (truth * n_classes + score.argmax(axis=1))[:, None]
         n_labels = None
     rows, samples, auc_columns = [], [], []
     offset = 0
@@ -277,18 +347,23 @@ def _prepare(y_true, y_score, task: str, thresholds) -> _Problem:
         rows.append(col_rows)
         samples.append(col_samples)
         offset = column.pos_groups.stop
-    rows.append(offset + cell.ravel())
-    samples.append(np.repeat(np.arange(n), cell.shape[1]))
     n_cells = cell.shape[1] * n_classes**2
+    cell_blocks = [cell] if default is None else [cell, default]
+    for i, block in enumerate(cell_blocks):
+        rows.append(offset + i * n_cells + block.ravel())
+        samples.append(np.repeat(np.arange(n), block.shape[1]))
     rows, samples = np.concatenate(rows), np.concatenate(samples)
     groups = sp.csr_matrix(
-        (np.ones(rows.size, dtype=_weight_dtype(n)), (rows, samples)), shape=(offset + n_cells, n)
+        (np.ones(rows.size, dtype=_weight_dtype(n)), (rows, samples)),
+        shape=(offset + len(cell_blocks) * n_cells, n),
     )
     return _Problem(
         n=n,
+        task=task,
         groups=groups,
         auc_columns=auc_columns,
         cells=slice(offset, offset + n_cells),
+        default_cells=None if default is None else slice(offset + n_cells, offset + 2 * n_cells),
         n_labels=n_labels,
         n_classes=n_classes,
     )
@@ -299,52 +374,27 @@ def _weight_dtype(n: int) -> type:
     return np.float32 if n < 2**24 else np.float64
 
 
-def _mcc_2x2(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) -> np.ndarray:
-    conf = np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], -2)
-    return _confusion_metrics(conf.astype(np.float64))["mcc"]
-
-
-def _best_threshold(target: np.ndarray, score: np.ndarray) -> float:
-    """MCC-maximising threshold for ``score > t``; see the module docstring for the rules."""
-    values, inverse = np.unique(score, return_inverse=True)
-    pos = np.bincount(inverse, weights=target.astype(np.float64), minlength=values.size)
-    neg = np.bincount(inverse, weights=(~target).astype(np.float64), minlength=values.size)
-    # Candidate j predicts positive the distinct values j, j+1, ...; j = len(values): none.
-    tp = np.append(np.cumsum(pos[::-1])[::-1], 0.0)
-    fp = np.append(np.cumsum(neg[::-1])[::-1], 0.0)
-    mcc = _mcc_2x2(tp, fp, pos.sum() - tp, neg.sum() - fp)
-    lo, hi = values[:-1], values[1:]
-    mid = lo + (hi - lo) / 2
-    mid = np.where(mid < hi, mid, lo)  # adjacent floats: the midpoint may round up to ``hi``
-    candidates = np.concatenate([[np.nextafter(values[0], -np.inf)], mid, [values[-1]]])
-    best = mcc >= mcc.max() - _TIE_TOLERANCE
-    distance = np.where(best, np.abs(candidates - DEFAULT_THRESHOLD), np.inf)
-    return float(candidates[np.argmin(distance)])
-
-
-def choose_thresholds(y_true, y_score, task: str) -> np.ndarray | None:
-    """Per-label decision thresholds maximising MCC, to be chosen on the validation split.
-
-    Returns shape (1,) for binary-class, (L,) for multi-label, and None for multi-class and
-    ordinal-regression, which predict by argmax. A sample is positive when its score is
-    strictly greater than the threshold.
-    """
-    truth, score = _validate(y_true, y_score, task)
-    if task in (MULTI_CLASS, ORDINAL):
-        return None
-    targets = truth if task == MULTI_LABEL else (truth == 1)[:, None]
-    return np.array([_best_threshold(targets[:, j], score[:, j]) for j in range(score.shape[1])])
+def absent_classes(y_true, task: str, n_classes: int) -> list[int]:
+    """Classes missing from a split (for multi-label: labels without positives or without
+    negatives). Their one-vs-rest AUC is undefined: ``auc`` averages the others, where
+    sklearn, and so the study, gives NaN."""
+    y = np.asarray(y_true)
+    if task == MULTI_LABEL:
+        positives = y.astype(bool).sum(0)
+        return [int(j) for j in np.flatnonzero((positives == 0) | (positives == len(y)))]
+    counts = np.bincount(y.reshape(len(y)).astype(np.int64), minlength=n_classes)
+    return [int(j) for j in np.flatnonzero(counts == 0)]
 
 
 def compute_metrics(y_true, y_score, task: str, thresholds: np.ndarray | None = None
                     ) -> dict[str, float]:
-    """The five metrics of ``METRICS`` on one split (rules in the module docstring)."""
+    """Every metric of ``METRICS`` on one split (rules in the module docstring)."""
     problem = _prepare(y_true, y_score, task, thresholds)
     weights = np.ones((problem.n, 1))
     return {name: float(v[0]) for name, v in _metrics_from_weights(problem, weights).items()}
 
 
-def _resample_indices(n: int, n_boot: int, seed: int, chunk: int) -> Iterator[np.ndarray]:
+def _percentile_resamples(n: int, n_boot: int, seed: int, chunk: int) -> Iterator[np.ndarray]:
     """Bootstrap sample indices in (<= chunk, n) blocks whose rows are resamples 0..n_boot-1.
 
     Resample r draws from its own child generator of ``SeedSequence(seed)``, so the resamples
@@ -356,35 +406,71 @@ def _resample_indices(n: int, n_boot: int, seed: int, chunk: int) -> Iterator[np
         yield np.stack([np.random.default_rng(child).integers(0, n, n) for child in block])
 
 
-def bootstrap_metrics(y_true, y_score, task: str, thresholds: np.ndarray | None = None,
-                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-                      ) -> dict[str, tuple[float, float]]:
-    """Percentile (1 - alpha) confidence intervals of every metric over test-set resamples.
+def _study_resamples(n: int, n_boot: int, chunk: int) -> Iterator[np.ndarray]:
+    """The study's resamples: replicate i is sklearn's ``resample`` with ``random_state=i``."""
+    idx = np.arange(n)
+    for start in range(0, n_boot, chunk):
+        yield np.stack([resample(idx, replace=True, random_state=i)
+                        for i in range(start, min(start + chunk, n_boot))])
 
-    All metrics share the same ``n_boot`` resamples with replacement (seeded), so their
-    intervals are computed on identical data. Thresholds stay fixed: they were chosen on the
-    validation split and are part of the model being evaluated.
+
+def study_min_replicates(alpha: float) -> int:
+    """The fewest replicates for which the study's order-statistic interval is defined."""
+    return int(np.ceil(2 / alpha - 1e-9))
+
+
+def _study_interval(values: np.ndarray, alpha: float) -> Interval:
+    """The study's interval: order statistics of the sorted replicates (NaN last, as pandas
+    sorts), taken by position in all ``B`` of them, and the mean of the defined ones; all
+    rounded to 4 decimals as the study reports them."""
+    ordered = np.sort(values)
+    b = ordered.size
+    low, high = ordered[int(alpha / 2 * b) - 1], ordered[int((1 - alpha / 2) * b) - 1]
+    defined = values[~np.isnan(values)]
+    mean = defined.mean() if defined.size else np.nan
+    return Interval(*(float(np.round(v, 4)) for v in (low, high, mean)))
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> Interval:
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return Interval(np.nan, np.nan, np.nan)
+    low, high = np.percentile(defined, (100 * alpha / 2, 100 * (1 - alpha / 2)))
+    return Interval(float(low), float(high), float(defined.mean()))
+
+
+def bootstrap_metrics(y_true, y_score, task: str, thresholds: np.ndarray | None = None,
+                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      rule: CiRule = "study") -> dict[str, Interval]:
+    """(1 - alpha) confidence intervals of every metric over test-set resamples.
+
+    All metrics share the same ``n_boot`` resamples with replacement, so their intervals are
+    computed on identical data. Thresholds stay fixed: they were chosen on the validation
+    split and are part of the model being evaluated. ``rule`` picks how resamples are drawn
+    and intervals taken (module notes); ``seed`` only matters for ``percentile``.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if rule not in CI_RULES:
+        raise ValueError(f"unknown ci rule {rule!r}; expected one of {CI_RULES}")
+    if rule == "study" and n_boot < study_min_replicates(alpha):
+        raise ValueError(f"ci rule 'study' takes order statistics and needs n_boot >= "
+                         f"{study_min_replicates(alpha)} at alpha {alpha}, got {n_boot}; "
+                         "use rule 'percentile' for fewer replicates")
     problem = _prepare(y_true, y_score, task, thresholds)
     n, dtype = problem.n, problem.groups.dtype
     chunk = max(1, _CHUNK_ELEMENTS // max(problem.groups.shape))
+    blocks = (_study_resamples(n, n_boot, chunk) if rule == "study"
+              else _percentile_resamples(n, n_boot, seed, chunk))
     values: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
-    for idx in _resample_indices(n, n_boot, seed, chunk):
+    for idx in blocks:
         b = idx.shape[0]
         idx *= b
         idx += np.arange(b)[:, None]  # flat index of (sample, resample) in an (n, b) array
         counts = np.bincount(idx.ravel(), minlength=n * b)  # counts[i, r]: draws of i in r
         for name, v in _metrics_from_weights(problem, counts.reshape(n, b).astype(dtype)).items():
             values[name].append(v)
-    quantiles = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    out = {}
-    for name in METRICS:
-        v = np.concatenate(values[name])
-        v = v[~np.isnan(v)]
-        lo, hi = np.percentile(v, quantiles) if v.size else (np.nan, np.nan)
-        out[name] = (float(lo), float(hi))
-    return out
+    interval = _study_interval if rule == "study" else _percentile_interval
+    return {name: interval(np.concatenate(values[name]), alpha) for name in METRICS}

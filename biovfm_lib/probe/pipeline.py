@@ -2,10 +2,13 @@
 
 Two protocols share everything but the training features:
 - ``official`` (BioVFM's evaluation): every epoch the frozen backbone encodes freshly augmented
-  training images (RandomRotation(30) + RandomCrop(padding 4)).
+  training images (RandomRotation(30) + RandomCrop(padding 4)). With ``backbone_mode: study``
+  it does so in train mode with the study's drop path live, as the study's Lightning module did.
 - ``cached`` (the fast path, a documented deviation): training features are extracted once
-  without augmentation and cached on disk, so heads for several learning rates train in seconds.
-Validation and test features never see augmentation and are cached in both protocols.
+  without augmentation, in eval mode, and cached on disk, so heads for several learning rates
+  train in seconds; ``backbone_mode`` does not apply (the results record ``eval``).
+Validation and test features never see augmentation, come from the backbone in eval mode and
+are cached in both protocols.
 """
 from __future__ import annotations
 
@@ -24,16 +27,38 @@ from biovfm_lib.data.medmnist import SPLITS, TaskData, load_task, prepare_tasks
 from biovfm_lib.data.transforms import AugmentedImages, to_model_input
 from biovfm_lib.models.checkpoints import LoadedEncoder, load_encoder
 from biovfm_lib.models.factory import vit_spec
+from biovfm_lib.models.stochastic_depth import (
+    encoder_algorithm,
+    install_drop_path,
+    study_drop_path_rate,
+)
 from biovfm_lib.params import ProbeParams
 from biovfm_lib.probe.features import (
     FeatureCache,
     autocast_for,
+    backbone_training,
     encode,
     extract_features,
+    feature_precision,
     file_identity,
 )
-from biovfm_lib.probe.linear import Batches, feature_batches, fit_linear_heads, predict, targets
-from biovfm_lib.probe.metrics import METRICS, bootstrap_metrics, choose_thresholds, compute_metrics
+from biovfm_lib.probe.linear import (
+    Batches,
+    HeadBias,
+    feature_batches,
+    fit_linear_heads,
+    predict,
+    targets,
+    train_drop_last,
+)
+from biovfm_lib.probe.metrics import (
+    METRICS,
+    Interval,
+    absent_classes,
+    bootstrap_metrics,
+    compute_metrics,
+)
+from biovfm_lib.probe.thresholds import choose_thresholds
 from biovfm_lib.runs import atomic_write_bytes, resolve, write_table
 
 RESULT_COLUMNS = ["encoder", "checkpoint", "task", "split", "metric", "value", "ci_low",
@@ -50,7 +75,7 @@ def build_encoder(p: ProbeParams) -> tuple[LoadedEncoder, dict[str, Any]]:
     """The frozen encoder to probe, and the identity its cached features are keyed on."""
     if p.checkpoint:
         enc = load_encoder(resolve(p.checkpoint), p.checkpoint_format, img_size=p.size,
-                           timm_name=p.timm_name)
+                           timm_name=p.timm_name, num_heads=p.num_heads)
         identity = {"sha256": enc.sha256, "spec": enc.spec}
     else:  # a random-initialisation baseline, reproducible from its seed
         spec = vit_spec(p.encoder, p.patch_size, img_size=p.size)
@@ -60,7 +85,24 @@ def build_encoder(p: ProbeParams) -> tuple[LoadedEncoder, dict[str, Any]]:
                     "torch": torch.__version__}
     for param in enc.model.parameters():
         param.requires_grad_(False)
+    if backbone_mode(p) == "study":  # acts in train mode only: eval features stay as they were
+        install_drop_path(enc.model, study_drop_path_rate(enc))
     return enc, identity
+
+
+def backbone_mode(p: ProbeParams) -> str:
+    """The mode the backbone is in while heads train; cached features are always eval-mode."""
+    return p.backbone_mode if p.protocol == "official" else "eval"
+
+
+def train_drop_path(enc: LoadedEncoder, p: ProbeParams) -> float:
+    """The drop path live in the backbone while heads train (0 in eval mode)."""
+    return study_drop_path_rate(enc) if backbone_mode(p) == "study" else 0.0
+
+
+def head_bias(enc: LoadedEncoder) -> HeadBias:
+    """The head's bias init in the study's build of this encoder's algorithm."""
+    return "uniform" if encoder_algorithm(enc) == "dinov2" else "zero"
 
 
 def encoder_label(enc: LoadedEncoder, p: ProbeParams) -> str:
@@ -84,30 +126,39 @@ class TaskProbe:
 
 def augmented_batches(model: torch.nn.Module, images: np.ndarray, y: torch.Tensor,
                       p: ProbeParams, device: torch.device) -> Batches:
-    """Training features of the official protocol: augmented images through the backbone."""
+    """Training features of the official protocol: augmented images through the backbone.
+
+    Under ``backbone_mode: study`` the backbone encodes in train mode (its drop path live), and
+    is back in eval mode between batches, so nothing else ever sees it in train mode.
+    """
     dataset = AugmentedImages(images, p.size)
+    live = backbone_mode(p) == "study"
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(p.seed * 100_003 + epoch)
         loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=True, generator=g,
-                            num_workers=p.num_workers, pin_memory=device.type == "cuda")
+                            num_workers=p.num_workers, pin_memory=device.type == "cuda",
+                            drop_last=train_drop_last(len(dataset), p.batch_size))
         for imgs, idx in loader:
             x = to_model_input(imgs.to(device, non_blocking=True))
-            with autocast_for(device):
-                yield encode(model, x, p.features), y[idx]
+            with autocast_for(device, p.precision), backbone_training(model, live):
+                feats = encode(model, x, p.features)
+            yield feats, y[idx]
     return batches
 
 
 def cached_features(enc: LoadedEncoder, identity: dict, data: TaskData, split: str,
                     p: ProbeParams, device: torch.device, cache: FeatureCache) -> np.ndarray:
+    precision = feature_precision(p.precision, device)
     key = cache.key(encoder=identity, data=file_identity(data.file), flag=data.flag,
-                    split=split, size=p.size, features=p.features)
-    feats = cache.get(key)
+                    split=split, size=p.size, features=p.features, precision=precision)
+    feats = cache.get(key, rows=len(data.images[split]))
     if feats is None:
         feats = extract_features(enc.model, data.images[split], device, p.features,
-                                 p.extract_batch_size, desc=f"{data.flag} {split}")
+                                 p.extract_batch_size, desc=f"{data.flag} {split}",
+                                 precision=p.precision)
         cache.put(key, feats, flag=data.flag, split=split, size=p.size, features=p.features,
-                  encoder=identity, data=file_identity(data.file))
+                  precision=precision, encoder=identity, data=file_identity(data.file))
     return feats
 
 
@@ -123,28 +174,41 @@ def probe_task(enc: LoadedEncoder, identity: dict, data: TaskData, p: ProbeParam
     else:
         train = augmented_batches(enc.model, data.images["train"], ys["train"], p, device)
     fit = fit_linear_heads(train, feats["val"], ys["val"], data.n_classes, data.multilabel,
-                           p.lrs, p.epochs, p.weight_decay, device, p.seed, desc=data.flag)
+                           p.lrs, p.epochs, p.weight_decay, device, p.seed, desc=data.flag,
+                           head_bias=head_bias(enc))
     scores = {s: predict(fit.head, feats[s], data.multilabel) for s in ("val", "test")}
-    thresholds = choose_thresholds(data.labels["val"], scores["val"], data.task)
+    thresholds = choose_thresholds(data.labels["val"], scores["val"], data.task,
+                                   rule=p.threshold_rule)
 
     rows = []
     for split in ("val", "test"):
         y_true = data.labels[split]
         values = compute_metrics(y_true, scores[split], data.task, thresholds)
         cis = bootstrap_metrics(y_true, scores[split], data.task, thresholds,
-                                n_boot=p.bootstrap, seed=p.seed) if p.bootstrap else {}
+                                n_boot=p.bootstrap, seed=p.seed, rule=p.ci_rule
+                                ) if p.bootstrap else {}
+        note = absence_note(absent_classes(y_true, data.task, data.n_classes), split)
         for metric in METRICS:
-            low, high = cis.get(metric, (np.nan, np.nan))
+            ci = cis.get(metric, Interval(np.nan, np.nan, np.nan))
             rows.append({
                 "encoder": label, "checkpoint": enc.source, "task": data.flag, "split": split,
-                "metric": metric, "value": values[metric], "ci_low": low, "ci_high": high,
-                "n": len(y_true), "best_lr": fit.lr, "best_epoch": fit.epoch,
+                "metric": metric, "value": values[metric], "ci_low": ci.low,
+                "ci_high": ci.high, "n": len(y_true), "best_lr": fit.lr,
+                "best_epoch": fit.epoch, "boot_mean": ci.mean, "note": note,
             })
     history = fit.history.assign(task=data.flag)
     predictions = {"test_labels": data.labels["test"], "test_scores": scores["test"],
                    "val_labels": data.labels["val"], "val_scores": scores["val"],
                    "thresholds": np.asarray([] if thresholds is None else thresholds)}
     return TaskProbe(data.flag, rows, history, predictions)
+
+
+def absence_note(classes: list[int], split: str) -> str:
+    """The ``note`` of a split's rows when classes are missing from it (empty otherwise)."""
+    if not classes:
+        return ""
+    return (f"class {', '.join(map(str, classes))} absent from {split}: auc averages the classes "
+            "it can score (the study's auc would be NaN)")
 
 
 @dataclass
@@ -175,7 +239,9 @@ def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
 
     data_source = "synthetic" if any(synthetic) else "real"
     extra = {"data_source": data_source, "img_size": p.size, "protocol": p.protocol,
-             "features": p.features}
+             "backbone_mode": backbone_mode(p), "train_drop_path": train_drop_path(enc, p),
+             "precision": feature_precision(p.precision, device),
+             "features": p.features, "threshold_rule": p.threshold_rule, "ci_rule": p.ci_rule}
     results = pd.DataFrame([{**r, **extra} for pr in probes for r in pr.rows])
     results = results[RESULT_COLUMNS + [c for c in results.columns if c not in RESULT_COLUMNS]]
     history = pd.concat([pr.history for pr in probes], ignore_index=True)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from biovfm_lib.data.medmnist import load_task
 from biovfm_lib.data.synthetic import synthetic_info
-from biovfm_lib.probe.metrics import METRICS
+from biovfm_lib.probe.metrics import STUDY_METRICS
 
 
 def data_banner(root: Path, size: int) -> str:
@@ -40,12 +40,14 @@ def sample_grid(root: Path, tasks: list[str], size: int, per_task: int = 6) -> p
     return fig
 
 
-def summary_table(results: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """Tasks x metrics, each cell 'value [low, high]' in percent, with a mean row."""
+def summary_table(results: pd.DataFrame, split: str = "test",
+                  metrics: tuple[str, ...] = STUDY_METRICS) -> pd.DataFrame:
+    """Tasks x metrics (by default those the study publishes), each cell 'value [low, high]'
+    in percent, with a mean row."""
     df = results[results.split == split]
-    value = df.pivot(index="task", columns="metric", values="value")[list(METRICS)]
-    low = df.pivot(index="task", columns="metric", values="ci_low")[list(METRICS)]
-    high = df.pivot(index="task", columns="metric", values="ci_high")[list(METRICS)]
+    value = df.pivot(index="task", columns="metric", values="value")[list(metrics)]
+    low = df.pivot(index="task", columns="metric", values="ci_low")[list(metrics)]
+    high = df.pivot(index="task", columns="metric", values="ci_high")[list(metrics)]
     cells = value.map(lambda v: f"{100 * v:.1f}")
     if low.notna().all().all():
         cells = cells + " [" + (100 * low).round(1).astype(str) + ", " + \
@@ -54,11 +56,21 @@ def summary_table(results: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return cells
 
 
-def plot_metrics(results: pd.DataFrame, split: str = "test") -> plt.Figure:
+def split_notes(results: pd.DataFrame, split: str = "test") -> str:
+    """A Markdown list of what the rows of ``split`` note (classes absent, ...), or ''."""
+    if "note" not in results:
+        return ""
+    df = results[(results.split == split) & (results.note.fillna("") != "")]
+    notes = df.drop_duplicates(["task", "note"])
+    return "\n".join(f"- **{t.replace('mnist', '')}**: {n}" for t, n in zip(notes.task, notes.note))
+
+
+def plot_metrics(results: pd.DataFrame, split: str = "test",
+                 metrics: tuple[str, ...] = STUDY_METRICS) -> plt.Figure:
     """One panel per metric: a bar per task with its bootstrap 95% CI."""
     df = results[results.split == split]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), sharey=False)
-    for ax, metric in zip(axes, METRICS):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), sharey=False)
+    for ax, metric in zip(axes, metrics):
         m = df[df.metric == metric].set_index("task")
         err = np.vstack([m.value - m.ci_low, m.ci_high - m.value]).clip(min=0)
         ax.bar(range(len(m)), m.value, yerr=None if np.isnan(err).all() else err, capsize=2,

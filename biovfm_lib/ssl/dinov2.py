@@ -1,7 +1,17 @@
 """DINOv2 (Oquab et al., 2023) on a timm ViT: DINO + iBOT + KoLeo with an EMA teacher.
 
 Follows facebookresearch/dinov2 (``ssl_meta_arch.py``, ``loss/``, ``ssl_default_config.yaml``,
-``train/vitl14.yaml``/``vitg14.yaml``). From lightly: the masked-token ViT wrapper, the
+``train/train.py``, ``utils/param_groups.py``, ``train/vitl14.yaml``/``vitg14.yaml``).
+
+Two recipes (``DINOV2_RECIPES``): ``study``, the default, is what the BioVFM study ran (its
+model builder: dinov2's default config at patch 16 for ViT-T/S/B/L, with drop path 0.3, and
+patch 14 with drop path 0.4 for ViT-H), with the official mechanics: epochs of
+``OFFICIAL_EPOCH_LENGTH`` iterations, weight decay on the position embedding and tokens,
+gradients clipped per student module, blur at the rates the code applies, DINOv2's own
+position-table interpolation. ``dinov2_p14`` is this workbook's earlier recipe: patch 14,
+Sinkhorn-Knopp centering, weight decay to 0.2, 98 px local crops, schedules as shares of the
+run, embeddings exempt from weight decay, one global gradient norm, the stated blur rates and
+timm's interpolation. From lightly: the masked-token ViT wrapper, the
 projection head (3-layer MLP, weight-normed last layer with trainable gain, as DINOv2's
 ``DINOHead``), KoLeo (run here in fp32, as DINOv2 disables autocast for it), the EMA centre,
 uniform drop path and the momentum update. Re-stated here: the DINO and iBOT cross-entropies,
@@ -24,7 +34,9 @@ from lightly.models.modules.heads import DINOv2ProjectionHead
 from lightly.models.utils import update_drop_path_rate, update_momentum
 from torch import Tensor, nn
 
+from biovfm_lib.data.ssl_transforms import DINOV2_CODE_BLUR_P, DINOV2_RECIPE_BLUR_P
 from biovfm_lib.models.factory import VitSpec, vit_spec
+from biovfm_lib.models.pos_embed import use_dinov2_pos_interpolation
 from biovfm_lib.ssl.masking import batch_seed, ibot_masks
 from biovfm_lib.ssl.schedules import cosine, steps
 from biovfm_lib.ssl.vit import (
@@ -35,36 +47,59 @@ from biovfm_lib.ssl.vit import (
     vit_flops,
 )
 
-# Official settings by size. S/B have no pretraining config of their own (DINOv2 distils them),
-# so they take the default recipe with drop path 0.1; L is ssl_default_config (= vitl16_short);
-# H/14 takes vitl14/vitg14.yaml, the recipe of DINOv2's own long runs at patch 14 (500 epochs:
-# warm-up 80, teacher-temperature warm-up 30, last layer frozen 1). nano is the CPU smoke size.
-_SIZE_RECIPES: dict[str, dict] = {
-    "nano": {"patch_size": 4, "global_crop_size": 28, "local_crop_size": 12,
-             "drop_path_rate": 0.1, "n_prototypes": 1024, "ibot_n_prototypes": 1024,
-             "head_hidden_dim": 256, "head_bottleneck_dim": 64, "ibot_bottleneck_dim": 64},
-    "tiny": {"drop_path_rate": 0.1},
-    "small": {"drop_path_rate": 0.1},
-    "base": {"drop_path_rate": 0.1},
-    "large": {"drop_path_rate": 0.3},
-    "huge": {"drop_path_rate": 0.4, "layer_decay": 1.0, "base_lr": 2e-4,
-             "momentum_teacher": 0.994, "n_prototypes": 131072, "head_bottleneck_dim": 384,
-             "ibot_separate_head": True, "ibot_n_prototypes": 131072,
-             "warmup_frac": 80 / 500, "teacher_temp_warmup_frac": 30 / 500,
-             "freeze_last_layer_frac": 1 / 500},
+DINOV2_RECIPES = ("study", "dinov2_p14")
+OFFICIAL_EPOCH_LENGTH = 1250  # dinov2's train.OFFICIAL_EPOCH_LENGTH: iterations per "epoch"
+
+# nano is the CPU smoke size of both recipes (no official counterpart): 28 px at patch 4, small
+# heads, drop path 0.1 over its 4 blocks.
+_NANO = {"patch_size": 4, "global_crop_size": 28, "local_crop_size": 12, "drop_path_rate": 0.1,
+         "n_prototypes": 1024, "ibot_n_prototypes": 1024, "head_hidden_dim": 256,
+         "head_bottleneck_dim": 64, "ibot_bottleneck_dim": 64}
+
+# What each recipe changes of the dataclass defaults (= the study's), then by size.
+_RECIPE_BASE: dict[str, dict] = {
+    "study": {},
+    "dinov2_p14": {"patch_size": 14, "local_crop_size": 98, "centering": "sinkhorn",
+                   "weight_decay_end": 0.2, "epoch_length": 0, "decay_embeddings": False,
+                   "clip_per_module": False, "blur_p": DINOV2_RECIPE_BLUR_P,
+                   "pos_interpolation": "timm"},
+}
+# study: the study's builder sets patch 16 and uniform drop path 0.3 for T/S/B/L, patch 14 and
+# 0.4 for ViT-H, on the default config (ViT-H's local crops are 98 px: 96 is no multiple of
+# 14; dinov2's patch-14 configs use 98). dinov2_p14: S/B have no pretraining config of their
+# own (DINOv2 distils them), so they take the default recipe with drop path 0.1; L is
+# ssl_default_config; H/14 takes vitl14/vitg14.yaml, the recipe of DINOv2's own long runs at
+# patch 14 (500 epochs: warm-up 80, teacher-temperature warm-up 30, last layer frozen 1).
+_SIZE_RECIPES: dict[str, dict[str, dict]] = {
+    "study": {"nano": _NANO, "tiny": {}, "small": {}, "base": {}, "large": {},
+              "huge": {"patch_size": 14, "local_crop_size": 98, "drop_path_rate": 0.4}},
+    "dinov2_p14": {
+        "nano": _NANO,
+        "tiny": {"drop_path_rate": 0.1},
+        "small": {"drop_path_rate": 0.1},
+        "base": {"drop_path_rate": 0.1},
+        "large": {"drop_path_rate": 0.3},
+        "huge": {"drop_path_rate": 0.4, "layer_decay": 1.0, "base_lr": 2e-4,
+                 "momentum_teacher": 0.994, "n_prototypes": 131072, "head_bottleneck_dim": 384,
+                 "ibot_separate_head": True, "ibot_n_prototypes": 131072,
+                 "warmup_frac": 80 / 500, "teacher_temp_warmup_frac": 30 / 500,
+                 "freeze_last_layer_frac": 1 / 500},
+    },
 }
 
 
 @dataclass(frozen=True)
 class DINOv2Config:
-    """The default recipe (ssl_default_config.yaml at patch 14) with Sinkhorn-Knopp centering
-    and weight decay to 0.2, as DINOv2's patch-14 configs use. Epoch counts of the 100-epoch
-    recipe are fractions of training; ``batch_size`` is the global batch the lr scales with."""
+    """The study's recipe: dinov2's ``ssl_default_config.yaml`` (ViT-L/16, EMA centering,
+    weight decay 0.04 -> 0.4, 2 x 224 + 8 x 96 px crops) with the official training mechanics.
+    ``for_size`` gives it per size, or the ``dinov2_p14`` variant; ``batch_size`` is the
+    global batch the lr scales with."""
 
     size: str = "large"
-    patch_size: int = 14
+    recipe: str = "study"  # the name a checkpoint's sidecar records (DINOV2_RECIPES)
+    patch_size: int = 16
     global_crop_size: int = 224
-    local_crop_size: int = 98  # 7 x 14; the default config's 96 predates patch 14
+    local_crop_size: int = 96
     n_local_crops: int = 8
     layerscale: float = 1e-5
     drop_path_rate: float = 0.3  # the same in every block (drop_path_uniform)
@@ -77,7 +112,7 @@ class DINOv2Config:
     dino_loss_weight: float = 1.0
     ibot_loss_weight: float = 1.0
     koleo_loss_weight: float = 0.1
-    centering: str = "sinkhorn"  # or "centering" (EMA centre, momentum center_momentum)
+    centering: str = "centering"  # EMA centre (momentum center_momentum), or "sinkhorn"
     sinkhorn_iterations: int = 3
     center_momentum: float = 0.9
     student_temp: float = 0.1
@@ -90,30 +125,58 @@ class DINOv2Config:
     batch_size: int = 1024
     base_lr: float = 4e-3  # at batch 1024, scaled by sqrt(batch_size / 1024)
     min_lr: float = 1e-6
-    warmup_frac: float = 0.1
+    # Warm-ups: with epoch_length > 0 an epoch is that many iterations (the official
+    # OFFICIAL_EPOCH_LENGTH), so a run of any length, cut or not, warms up for the official
+    # number of iterations; with 0 they are shares of the run (the *_frac fields).
+    epoch_length: int = OFFICIAL_EPOCH_LENGTH
+    warmup_epochs: float = 10
+    teacher_temp_warmup_epochs: float = 30
+    freeze_last_layer_epochs: float = 1
+    warmup_frac: float = 0.1  # and teacher_temp_warmup_frac above
+    freeze_last_layer_frac: float = 0.01
     weight_decay: float = 0.04
-    weight_decay_end: float = 0.2
+    weight_decay_end: float = 0.4
+    # dinov2's param groups decay pos_embed, cls/mask/register tokens (only biases, norms and
+    # layer-scale gammas are exempt); False exempts those embeddings too
+    decay_embeddings: bool = True
     layer_decay: float = 0.9
     patch_embed_lr_mult: float = 0.2
     momentum_teacher: float = 0.992
     momentum_teacher_end: float = 1.0
-    freeze_last_layer_frac: float = 0.01
     clip_grad: float = 3.0
+    clip_per_module: bool = True  # each student module to clip_grad (official), else one norm
     betas: tuple[float, float] = (0.9, 0.999)
+    # Gaussian-blur probabilities of global crop 1, global crop 2 and the local crops
+    blur_p: tuple[float, float, float] = DINOV2_CODE_BLUR_P
+    # the position table at another grid (local crops): "dinov2" = the official ViT's
+    # (bicubic, offset 0.1, no antialias), "timm" = timm's size-based resampling
+    pos_interpolation: str = "dinov2"
 
     @classmethod
-    def for_size(cls, size: str, **overrides) -> DINOv2Config:
-        """The recipe for a ViT size (``_SIZE_RECIPES``), then ``overrides``."""
-        if size not in _SIZE_RECIPES:
-            raise ValueError(f"unknown ViT size {size!r}; choose from {list(_SIZE_RECIPES)}")
-        return replace(cls(), size=size, **{**_SIZE_RECIPES[size], **overrides})
+    def for_size(cls, size: str, recipe: str = "study", **overrides) -> DINOv2Config:
+        """``recipe`` (``DINOV2_RECIPES``) for a ViT size (``_SIZE_RECIPES``), then
+        ``overrides``."""
+        if recipe not in _SIZE_RECIPES:
+            raise ValueError(f"unknown DINOv2 recipe {recipe!r}; choose from {DINOV2_RECIPES}")
+        if size not in _SIZE_RECIPES[recipe]:
+            raise ValueError(f"unknown ViT size {size!r}; choose from "
+                             f"{list(_SIZE_RECIPES[recipe])}")
+        return replace(cls(), size=size, recipe=recipe,
+                       **{**_RECIPE_BASE[recipe], **_SIZE_RECIPES[recipe][size], **overrides})
 
     def __post_init__(self) -> None:
         for crop in (self.global_crop_size, self.local_crop_size):
             if crop % self.patch_size:
                 raise ValueError(f"crop size {crop} is not a multiple of patch {self.patch_size}")
+        if self.recipe not in DINOV2_RECIPES:
+            raise ValueError(f"recipe must be one of {DINOV2_RECIPES}, not {self.recipe!r}")
         if self.centering not in ("sinkhorn", "centering"):
             raise ValueError(f"centering must be 'sinkhorn' or 'centering', not {self.centering!r}")
+        if self.pos_interpolation not in ("dinov2", "timm"):
+            raise ValueError(f"pos_interpolation must be 'dinov2' or 'timm', not "
+                             f"{self.pos_interpolation!r}")
+        if self.epoch_length < 0:
+            raise ValueError(f"epoch_length must be >= 0, not {self.epoch_length}")
 
 
 @torch.no_grad()
@@ -157,10 +220,11 @@ def dino_loss(teacher_probs: Tensor, student_logits: Tensor, temp: float
     ``teacher_probs`` (2, B, K) are the targets of the two global crops, ``student_logits``
     (2 + n, B, K) the student's crops, globals first. Student global crop i meets teacher crop
     1 - i, each local crop meets both; every pair's batch-mean cross-entropy is summed and
-    divided by the number of pairs, 2n + 2.
+    divided by DINOv2's term count ``2 + max(2n, 1)``: the number of pairs, 2n + 2, except
+    without local crops, where the official code still counts one local term (3, not 2).
     """
     log_p = F.log_softmax(student_logits.float() / temp, dim=-1)
-    n_pairs = 2 * len(student_logits) - 2
+    n_pairs = 2 + max(2 * (len(student_logits) - 2), 1)
     global_part = -(teacher_probs.flip(0) * log_p[:2]).sum(-1).mean(-1).sum() / n_pairs
     local_part = -torch.einsum("tbk,sbk->", teacher_probs, log_p[2:])
     return global_part, local_part / (teacher_probs.shape[1] * n_pairs)
@@ -202,7 +266,15 @@ class DINOv2(nn.Module):
     def __init__(self, cfg: DINOv2Config, total_steps: int) -> None:
         super().__init__()
         self.cfg, self.total_steps = cfg, total_steps
-        self.clip_grad, self.betas = cfg.clip_grad, cfg.betas
+        # the loop clips one global norm to ``clip_grad``; per-module clipping happens in
+        # before_optimizer_step instead, and the loop then only measures the global norm
+        self.clip_grad = None if cfg.clip_per_module else cfg.clip_grad
+        self.betas = cfg.betas
+        self.warmup_steps = self._phase(cfg.warmup_epochs, cfg.warmup_frac)
+        self.teacher_temp_warmup_steps = self._phase(cfg.teacher_temp_warmup_epochs,
+                                                     cfg.teacher_temp_warmup_frac)
+        self.freeze_last_layer_steps = self._phase(cfg.freeze_last_layer_epochs,
+                                                   cfg.freeze_last_layer_frac)
         self.spec: VitSpec = vit_spec(cfg.size, cfg.patch_size, cfg.global_crop_size,
                                       init_values=cfg.layerscale)
         self.student, self.teacher = self._build(), self._build()
@@ -219,11 +291,15 @@ class DINOv2(nn.Module):
     def _build(self) -> nn.ModuleDict:
         cfg = self.cfg
         # timm's init is DINOv2's (trunc-normal 0.02, learned pos_embed), so lightly's MAE
-        # init is skipped; dynamic size lets the local crops use the interpolated pos_embed.
+        # init is skipped; dynamic size lets the local crops use the interpolated pos_embed,
+        # resampled DINOv2's way (offset 0.1, bicubic, no antialias) or timm's by size.
         vit = self.spec.create(dynamic_img_size=True)
+        backbone = MaskedViT(vit, weight_initialization="skip", pos_embed_initialization="skip",
+                             antialias=False)
+        if cfg.pos_interpolation == "dinov2":
+            use_dinov2_pos_interpolation(backbone)
         parts = {
-            "backbone": MaskedViT(vit, weight_initialization="skip",
-                                  pos_embed_initialization="skip", antialias=False),
+            "backbone": backbone,
             "dino_head": DINOv2ProjectionHead(vit.embed_dim, cfg.head_hidden_dim,
                                               cfg.head_bottleneck_dim, cfg.n_prototypes),
         }
@@ -234,10 +310,24 @@ class DINOv2(nn.Module):
         return nn.ModuleDict(parts)
 
     # ------------------------------------------------------------------ schedules
+    def _phase(self, epochs: float, frac: float) -> int:
+        """A warm-up's length in iterations: ``epochs`` of ``epoch_length`` iterations, as
+        dinov2 counts them whatever the run's length, or (``epoch_length`` 0) ``frac`` of
+        this run."""
+        if self.cfg.epoch_length:
+            return round(epochs * self.cfg.epoch_length)
+        return steps(frac, self.total_steps)
+
+    def phases(self) -> dict[str, int]:
+        """The warm-up phases and their lengths in iterations, so the loop can say when a
+        run ends before one of them does."""
+        return {"lr warm-up": self.warmup_steps,
+                "teacher-temperature warm-up": self.teacher_temp_warmup_steps,
+                "last-layer freeze": self.freeze_last_layer_steps}
+
     def lr(self, step: int) -> float:
         peak = self.cfg.base_lr * math.sqrt(self.cfg.batch_size / 1024)
-        return cosine(step, self.total_steps, peak, self.cfg.min_lr,
-                      steps(self.cfg.warmup_frac, self.total_steps))
+        return cosine(step, self.total_steps, peak, self.cfg.min_lr, self.warmup_steps)
 
     def weight_decay(self, step: int) -> float:
         return cosine(step, self.total_steps, self.cfg.weight_decay, self.cfg.weight_decay_end)
@@ -248,23 +338,37 @@ class DINOv2(nn.Module):
 
     def teacher_temp(self, step: int) -> float:
         return cosine(step, self.total_steps, self.cfg.teacher_temp, self.cfg.teacher_temp,
-                      steps(self.cfg.teacher_temp_warmup_frac, self.total_steps),
-                      self.cfg.teacher_temp_warmup)
+                      self.teacher_temp_warmup_steps, self.cfg.teacher_temp_warmup)
 
     # ------------------------------------------------------------------ training hooks
     def param_groups(self) -> list[dict]:
+        """The student's AdamW groups (``vit.param_groups``), the heads' last layers in groups
+        of their own with ``frozen_steps``: the loop gives them lr 0 for that many steps, as
+        dinov2's last-layer lr schedule does. AdamW still updates their moments from the
+        gradients meanwhile (and decays nothing: decoupled decay scales with the lr), so the
+        first update after the freeze is the official one."""
         backbone = self.student.backbone
-        return param_groups(self.student, backbone.vit, self.cfg.layer_decay,
-                            self.cfg.patch_embed_lr_mult, [backbone.mask_token])
+        groups = param_groups(self.student, backbone.vit, self.cfg.layer_decay,
+                              self.cfg.patch_embed_lr_mult, [backbone.mask_token],
+                              decay_embeddings=self.cfg.decay_embeddings)
+        last = {id(p) for name, module in self.student.named_children() if name.endswith("_head")
+                for p in module.last_layer.parameters()}
+        split = []
+        for group in groups:
+            for is_last in (False, True):
+                params = [p for p in group["params"] if (id(p) in last) == is_last]
+                if params:
+                    split.append({**group, "params": params,
+                                  "frozen_steps": self.freeze_last_layer_steps if is_last else 0,
+                                  "name": group["name"] + ("/last_layer" if is_last else "")})
+        return split
 
     def before_optimizer_step(self, step: int) -> None:
-        """Drop the heads' last-layer grads in the first epoch; AdamW then skips those weights
-        entirely, which is DINOv2's zero last-layer lr (no moments, no decay)."""
-        if step < steps(self.cfg.freeze_last_layer_frac, self.total_steps):
-            for name, module in self.student.named_children():
-                if name.endswith("_head"):
-                    for p in module.last_layer.parameters():
-                        p.grad = None
+        """With ``clip_per_module``, clip the backbone's and each head's gradient to
+        ``clip_grad`` separately, as dinov2's training loop clips each student module."""
+        if self.cfg.clip_per_module and self.cfg.clip_grad:
+            for module in self.student.values():
+                nn.utils.clip_grad_norm_(module.parameters(), self.cfg.clip_grad)
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
@@ -319,7 +423,7 @@ class DINOv2(nn.Module):
         batch_size, n_local = len(global_crops) // 2, cfg.n_local_crops
         n_prefix = self.student.backbone.vit.num_prefix_tokens
         temp = self.teacher_temp(step)
-        warmup = steps(cfg.warmup_frac, self.total_steps)
+        warmup = self.warmup_steps
 
         with torch.no_grad():
             tokens = self.teacher.backbone.encode(global_crops)

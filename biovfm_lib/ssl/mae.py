@@ -36,8 +36,15 @@ from biovfm_lib.ssl.vit import (
 @dataclass(frozen=True)
 class MAEConfig:
     """MAE's pretraining recipe (the same for B/16, L/16 and H/14): 800 epochs with 40 of
-    warm-up (fractions here), effective batch 4096, base lr scaled by ``batch_size / 256``,
-    no layer decay, no drop path, no gradient clipping."""
+    warm-up, effective batch 4096, base lr scaled by ``batch_size / 256`` (``batch_size`` is
+    the global batch), no layer decay, no drop path, no gradient clipping, weight decay on
+    every tensor but the 1-d ones (``add_weight_decay`` with an empty skip list: the class and
+    mask tokens decay too).
+
+    The warm-up counts ``warmup_epochs`` data epochs of ``epoch_length`` iterations (the
+    training loop sets it: one pass over the data), so a run cut by ``max_steps`` keeps the
+    official warm-up length; with ``epoch_length`` 0 it is ``warmup_frac`` of the run instead
+    (the share 40 / 800 unless set: models built outside the loop, or a chosen share)."""
 
     size: str = "large"
     patch_size: int = 16
@@ -51,8 +58,12 @@ class MAEConfig:
     batch_size: int = 4096
     base_lr: float = 1.5e-4
     min_lr: float = 0.0
+    warmup_epochs: float = 40
+    epoch_length: int = 0  # iterations per data epoch; 0: the warm-up is warmup_frac of the run
     warmup_frac: float = 40 / 800
     weight_decay: float = 0.05
+    # False exempts cls_token and the decoder's mask_token too (timm's no_weight_decay habit)
+    decay_embeddings: bool = True
     clip_grad: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
 
@@ -71,6 +82,8 @@ class MAEConfig:
         if self.img_size % self.patch_size:
             raise ValueError(f"image size {self.img_size} is not a multiple of the patch "
                              f"{self.patch_size}")
+        if self.epoch_length < 0:
+            raise ValueError(f"epoch_length must be >= 0, not {self.epoch_length}")
 
 
 def masked_patch_loss(pred: Tensor, images: Tensor, mask: Tensor, patch_size: int,
@@ -100,6 +113,8 @@ class MAE(nn.Module):
         super().__init__()
         self.cfg, self.total_steps = cfg, total_steps
         self.clip_grad, self.betas = cfg.clip_grad, cfg.betas
+        self.warmup_steps = (round(cfg.warmup_epochs * cfg.epoch_length) if cfg.epoch_length
+                             else steps(cfg.warmup_frac, total_steps))
         self.spec: VitSpec = vit_spec(cfg.size, cfg.patch_size, cfg.img_size)
         vit = self.spec.create()
         self.backbone = MaskedViT(vit)  # lightly's MAE init, fixed sin-cos pos_embed
@@ -116,17 +131,24 @@ class MAE(nn.Module):
         require_fused_attention(self)
 
     # ------------------------------------------------------------------ schedules
+    def phases(self) -> dict[str, int]:
+        """The warm-up and its length in iterations, so the loop can say when a run ends
+        before it does."""
+        return {"lr warm-up": self.warmup_steps}
+
     def lr(self, step: int) -> float:
+        """MAE's ``adjust_learning_rate`` per iteration: linear warm-up to ``blr * batch /
+        256``, then a half cosine to ``min_lr`` over the rest of the run."""
         peak = self.cfg.base_lr * self.cfg.batch_size / 256
-        return cosine(step, self.total_steps, peak, self.cfg.min_lr,
-                      steps(self.cfg.warmup_frac, self.total_steps))
+        return cosine(step, self.total_steps, peak, self.cfg.min_lr, self.warmup_steps)
 
     def weight_decay(self, step: int) -> float:
         return self.cfg.weight_decay
 
     # ------------------------------------------------------------------ training hooks
     def param_groups(self) -> list[dict]:
-        return param_groups(self, self.backbone.vit)
+        return param_groups(self, self.backbone.vit,
+                            decay_embeddings=self.cfg.decay_embeddings)
 
     def before_optimizer_step(self, step: int) -> None:
         """Nothing to do: MAE has no frozen-layer phase."""

@@ -64,18 +64,27 @@ def block_mask(height: int, width: int, n_masked: int, rng: random.Random,
     return mask
 
 
+def block_limit(grid: int) -> int:
+    """The largest block of a (grid x grid) iBOT mask: dinov2's ``max_num_patches = 0.5 *
+    img_size // patch_size * img_size // patch_size``, which Python evaluates left to right,
+    i.e. ``(grid // 2) * grid`` for a crop of ``grid`` patches. Half the grid when it is even;
+    at an odd grid less (7 x 7: 21 patches, not 24)."""
+    return (grid // 2) * grid
+
+
 def ibot_masks(n_images: int, grid: int, probability: float, ratio: tuple[float, float],
                rng: random.Random) -> Tensor:
     """(n_images, grid * grid) masks for the global crops, as DINOv2's collate draws them.
 
     ``int(n_images * probability)`` images are masked; their target ratios are stratified over
     ``ratio`` (one uniform draw per equal sub-interval, so a batch spans the whole range) and
-    the masks are shuffled across images. Blocks are at most half the grid, as in DINOv2.
+    the masks are shuffled across images. A block holds at most ``block_limit(grid)`` patches.
     """
     n = grid * grid
     n_masked_images = int(n_images * probability)
     edges = torch.linspace(ratio[0], ratio[1], n_masked_images + 1).tolist()
-    masks = [block_mask(grid, grid, int(n * rng.uniform(lo, hi)), rng, max_block=n // 2)
+    masks = [block_mask(grid, grid, int(n * rng.uniform(lo, hi)), rng,
+                        max_block=block_limit(grid))
              for lo, hi in itertools.pairwise(edges)]
     masks += [torch.zeros(grid, grid, dtype=torch.bool)] * (n_images - n_masked_images)
     rng.shuffle(masks)

@@ -1,7 +1,8 @@
 """Training schedules as pure functions of the step, so a resumed run needs no scheduler state.
 
-Both recipes state their schedules in epochs of a fixed length; here they are fractions of
-``total_steps`` (DINOv2: warm-up 10 of 100 epochs -> 0.1; MAE: 40 of 800 -> 0.05).
+Both recipes state their warm-ups in epochs, which the methods turn into absolute iteration
+counts (DINOv2: epochs of 1250 iterations; MAE: passes over the data), so a run cut short
+keeps the official warm-up; ``steps`` gives the older alternative, a share of the run.
 """
 from __future__ import annotations
 

@@ -2,11 +2,15 @@
 and the fused-attention check."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
+import torch
 from lightly.models.modules import MaskedVisionTransformerTIMM
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import Parameter
+
+from biovfm_lib.models.pos_embed import dinov2_pos_embed, installed_dinov2_pos_interpolation
 
 # 3-d tensors that are embeddings, not weights: timm's ``no_weight_decay`` set plus the mask
 # token. Everything 1-d (biases, norms, layer-scale gammas) is also left undecayed.
@@ -26,6 +30,23 @@ class MaskedViT(MaskedVisionTransformerTIMM):
     def grad_checkpointing(self, enable: bool) -> None:
         self.vit.set_grad_checkpointing(enable)
 
+    def add_pos_embed(self, x: Tensor) -> Tensor:
+        """lightly's, unless DINOv2's interpolation is installed on the ViT
+        (``models.pos_embed.use_dinov2_pos_interpolation``): lightly resamples the table
+        itself, by size, so the ViT's own rule would never be reached through this wrapper.
+        ``x`` holds the prefix tokens, then a square grid of patch tokens."""
+        vit = self.vit
+        if installed_dinov2_pos_interpolation(vit) is None:
+            return super().add_pos_embed(x)
+        n_prefix = vit.num_prefix_tokens
+        side = math.isqrt(x.shape[1] - n_prefix)
+        pos = dinov2_pos_embed(vit, (side, side), x.dtype)
+        if vit.no_embed_class:
+            x = torch.cat([x[:, :n_prefix], x[:, n_prefix:] + pos], dim=1)
+        else:
+            x = x + pos
+        return vit.pos_drop(x)
+
 
 def require_fused_attention(model: nn.Module) -> None:
     """Fail unless every timm attention layer uses ``F.scaled_dot_product_attention``.
@@ -40,16 +61,20 @@ def require_fused_attention(model: nn.Module) -> None:
 
 
 def param_groups(model: nn.Module, vit: nn.Module, layer_decay: float = 1.0,
-                 patch_embed_lr_mult: float = 1.0, embed_params: Iterable[Parameter] = ()
-                 ) -> list[dict]:
+                 patch_embed_lr_mult: float = 1.0, embed_params: Iterable[Parameter] = (),
+                 decay_embeddings: bool = False) -> list[dict]:
     """AdamW groups of ``model``'s trainable parameters with ``lr_scale`` and ``wd_scale``.
 
     Layer ids follow DINOv2's ``get_vit_lr_decay_rate``: 0 for the patch embedding, position
     embedding and tokens (``embed_params`` adds ones kept outside ``vit``, e.g. a mask token),
     ``i + 1`` for block ``i``, ``depth + 1`` for everything else (final norm, heads, decoder);
     ``lr_scale = layer_decay ** (depth + 1 - id)``, times ``patch_embed_lr_mult`` on the patch
-    embedding. ``wd_scale`` is 0 for 1-d tensors and embeddings. Parameters are matched by
-    identity, so names of wrappers do not matter; groups are merged by equal scales.
+    embedding. ``wd_scale`` is 0 for 1-d tensors (biases, norms, layer-scale gammas) and,
+    unless ``decay_embeddings``, for the embeddings ``_NO_DECAY_NAMES``; ``decay_embeddings``
+    is the official codes' rule (dinov2 exempts names ending ``.bias`` or holding ``norm`` or
+    ``gamma``, MAE 1-d tensors and biases: on these models the 1-d tensors exactly).
+    Parameters are matched by identity for the lr, so names of wrappers do not matter; groups
+    are merged by equal scales.
     """
     depth = len(vit.blocks)
     layer = {id(p): 0 for p in [*vit.patch_embed.parameters(), *embed_params]}
@@ -64,7 +89,8 @@ def param_groups(model: nn.Module, vit: nn.Module, layer_decay: float = 1.0,
             continue
         lr_scale = layer_decay ** (depth + 1 - layer.get(id(p), depth + 1))
         lr_scale *= patch_embed_lr_mult if id(p) in patch_embed else 1.0
-        wd_scale = 0.0 if p.ndim <= 1 or name.endswith(_NO_DECAY_NAMES) else 1.0
+        exempt = not decay_embeddings and name.endswith(_NO_DECAY_NAMES)
+        wd_scale = 0.0 if p.ndim <= 1 or exempt else 1.0
         group = groups.setdefault((lr_scale, wd_scale), {
             "params": [], "lr_scale": lr_scale, "wd_scale": wd_scale,
             "name": f"lr_scale={lr_scale:.4g}/wd_scale={wd_scale:g}"})

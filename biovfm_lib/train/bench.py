@@ -16,46 +16,54 @@ from biovfm_lib.data.device_augment import DINOv2Photometric
 from biovfm_lib.data.ssl_transforms import DINOv2Augmentation
 from biovfm_lib.params import PretrainParams
 from biovfm_lib.runs import record_benchmark
+from biovfm_lib.ssl import DINOv2
 from biovfm_lib.train.config import TrainConfig
 from biovfm_lib.train.distributed import DistEnv, prepare_model
 from biovfm_lib.train.loop import build_method, train_step
 from biovfm_lib.train.meter import peak_flops
 
 
-def synthetic_samples(cfg: TrainConfig, n: int) -> list:
+def synthetic_samples(method: torch.nn.Module, n: int) -> list:
     """Normalised random samples in the shapes the method's augmentation produces."""
     def image(size: int) -> torch.Tensor:
         return torch.randn(3, size, size)
-    if cfg.algorithm == "dinov2":
-        return [[image(cfg.img_size), image(cfg.img_size)]
-                + [image(cfg.local_size) for _ in range(cfg.n_local)] for _ in range(n)]
-    return [image(cfg.img_size) for _ in range(n)]
+    mcfg = method.cfg
+    if isinstance(method, DINOv2):
+        return [[image(mcfg.global_crop_size), image(mcfg.global_crop_size)]
+                + [image(mcfg.local_crop_size) for _ in range(mcfg.n_local_crops)]
+                for _ in range(n)]
+    return [image(mcfg.img_size) for _ in range(n)]
 
 
 def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int = 64,
-                   steps: int = 20, warmup: int = 5, img_size: int = 224, local_size: int = 98,
+                   steps: int = 20, warmup: int = 5, img_size: int = 224, local_size: int = 0,
                    n_local: int = 8, activation_checkpointing: bool = False,
-                   compile_blocks: bool = False, device: str = "auto") -> dict[str, Any]:
+                   compile_blocks: bool = False, device: str = "auto",
+                   recipe: str = "study") -> dict[str, Any]:
+    """One training step's throughput of ``recipe`` (its patch and crops: the DINOv2 study
+    recipe is 2 x 224 + 8 x 96 px at patch 16, dinov2_p14 2 x 224 + 8 x 98 at patch 14;
+    ``local_size`` 0 keeps the recipe's)."""
     dev = torch.device(device if device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     p = PretrainParams.validate_mapping({
-        "algorithm": algorithm, "encoder": size, "img_size": img_size,
+        "algorithm": algorithm, "recipe": recipe, "encoder": size, "img_size": img_size,
         "local_size": local_size, "n_local": n_local, "batch_size": batch_size})
     cfg = TrainConfig(algorithm=algorithm, size=size, method={}, sources=[], subset={},
                       img_size=img_size, local_size=local_size, n_local=n_local, epochs=1,
                       max_steps=0, batch_size=batch_size, seed=0, precision="auto",
                       strategy="ddp", activation_checkpointing=activation_checkpointing,
                       compile=compile_blocks, num_workers=0, checkpoint_every=1, log_every=1,
-                      out_dir="", params=p.as_dict())
+                      out_dir="", recipe=recipe, params=p.as_dict())
     bf16 = dev.type == "cuda"
     method, _ = build_method(cfg, batch_size, warmup + steps)
+    mcfg = method.cfg
     # the training loop's own preparation, alone (no process group: nothing is wrapped)
     model = prepare_model(method, "ddp", DistEnv(0, 0, 1, dev), activation_checkpointing,
                           compile_blocks, bf16)
     opt = torch.optim.AdamW(method.param_groups(), lr=0.0, betas=method.betas,
                             fused=dev.type == "cuda")
     batch = {k: v.to(dev) for k, v in
-             method.collate(synthetic_samples(cfg, batch_size)).items()}
+             method.collate(synthetic_samples(method, batch_size)).items()}
     for step in range(warmup):
         train_step(model, method, opt, batch, step, bf16)
     if dev.type == "cuda":
@@ -69,10 +77,12 @@ def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int 
     seconds = (time.perf_counter() - start) / steps
     rate = batch_size / seconds
     peak = peak_flops(dev)
+    crops = (f"2x{mcfg.global_crop_size} + {mcfg.n_local_crops}x{mcfg.local_crop_size}"
+             if isinstance(method, DINOv2) else None)
     result = {
-        "benchmark": "pretrain", "algorithm": algorithm, "size": size, "spec": method.spec,
-        "batch_size": batch_size, "img_size": img_size,
-        "crops": f"2x{img_size} + {n_local}x{local_size}" if algorithm == "dinov2" else None,
+        "benchmark": "pretrain", "algorithm": algorithm, "recipe": recipe, "size": size,
+        "spec": method.spec, "patch_size": mcfg.patch_size, "batch_size": batch_size,
+        "img_size": img_size, "crops": crops,
         "device": str(dev), "precision": "bf16" if bf16 else "fp32",
         "activation_checkpointing": activation_checkpointing, "compile": compile_blocks,
         "step_s": round(seconds, 4), "images_per_s": round(rate, 1),
@@ -82,9 +92,12 @@ def bench_pretrain(algorithm: str = "mae", size: str = "large", batch_size: int 
                             if dev.type == "cuda" else None),
     }
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
-    print(f"{algorithm} {size} batch {batch_size} on {dev} ({result['precision']}): "
-          f"{result['images_per_s']} images/s, {seconds * 1e3:.0f} ms/step{mfu}")
-    record_benchmark(f"pretrain_{algorithm}_{size}_{dev.type}", result)
+    shape = f"/{mcfg.patch_size}" + (f", {crops}" if crops else "")
+    print(f"{algorithm} ({recipe}) {size}{shape}, batch {batch_size} on {dev} "
+          f"({result['precision']}): {result['images_per_s']} images/s, "
+          f"{seconds * 1e3:.0f} ms/step{mfu}")
+    variant = "" if recipe == "study" else f"-{recipe}"  # the study's keeps its old name
+    record_benchmark(f"pretrain_{algorithm}{variant}_{size}_{dev.type}", result)
     return result
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from biovfm_lib.params import PretrainParams
+from biovfm_lib.params import LEGACY_RECIPES, PretrainParams
+from biovfm_lib.yaml_io import read_yaml
 
 # Parameters that change how a run executes, not what it learns: excluded from its name.
 # (augment_on is not one: the device draws other random crops' colours than the loader.)
@@ -32,7 +33,7 @@ class TrainConfig:
     sources: list[dict[str, Any]]  # for biovfm_lib.data.pretrain.index_images
     subset: dict[str, Any]  # fraction, count, modalities for select_subset
     img_size: int
-    local_size: int
+    local_size: int  # 0: the recipe's
     n_local: int
     epochs: int
     max_steps: int
@@ -48,6 +49,7 @@ class TrainConfig:
     out_dir: str
     # "auto" | "loader" | "device"; configs written before it existed ran in the loader
     augment_on: str = "loader"
+    recipe: str = "study"  # a config written before it existed: LEGACY_RECIPES[algorithm]
     params: dict[str, Any] = field(default_factory=dict)  # the notebook parameters, for record
 
     def to_yaml(self, path: Path) -> None:
@@ -58,10 +60,11 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(path)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        data.setdefault("recipe", LEGACY_RECIPES[data["algorithm"]])
         return cls(**data)
 
     @property
@@ -135,5 +138,5 @@ def resolve_config(p: PretrainParams) -> TrainConfig:
         strategy=strategy, activation_checkpointing=p.activation_checkpointing,
         compile=p.compile, num_workers=p.num_workers, checkpoint_every=p.checkpoint_every,
         log_every=p.log_every, out_dir=str(resolve(p.out_root) / run_name(p)),
-        augment_on=p.augment_on, params=p.as_dict(),
+        augment_on=p.augment_on, recipe=p.recipe, params=p.as_dict(),
     )

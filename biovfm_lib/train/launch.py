@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biovfm_lib.params import PretrainParams
+from biovfm_lib.runs import hold_folder
 from biovfm_lib.train.config import TrainConfig, check_same_run, resolve_config
 
 _EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Stopped): ")
+# torch's elastic error handler prints a rank's traceback with this prefix on every line.
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 
 
 class LaunchError(RuntimeError):
@@ -51,11 +54,31 @@ def torchrun_command(config: Path, nproc: int) -> list[str]:
             f"--nproc-per-node={nproc}", "-m", "biovfm_lib.train", "--config", str(config)]
 
 
+def check_launchable(cfg: TrainConfig, world_size: int) -> None:
+    """What every rank would find wrong, found here: the objective's config with the run's
+    ``method`` overrides, and a data subset of at least one global batch. Inside torchrun
+    either ends as a ChildFailedError with the real exception far up the log."""
+    from biovfm_lib.train.loop import method_config, training_images
+
+    global_batch = cfg.batch_size * world_size
+    try:
+        method_config(cfg, global_batch)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"method: {err}") from None
+    n_images = len(training_images(cfg))
+    if n_images < global_batch:
+        raise ValueError(f"the data subset has {n_images} images, fewer than one global batch "
+                         f"of {global_batch} ({cfg.batch_size} per process x {world_size} "
+                         "processes): lower batch_size or take more data")
+
+
 def prepare(p: PretrainParams) -> tuple[TrainConfig, Path]:
     cfg = resolve_config(p)
     path = cfg.dir / "config.yaml"
     if path.exists():
         check_same_run(TrainConfig.from_yaml(path), p)
+    nproc = (p.nproc or 8) if p.launcher == "slurm" else processes_per_node(p)
+    check_launchable(cfg, nproc * p.nnodes)  # before anything is written
     cfg.dir.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(path)
     return cfg, path
@@ -69,6 +92,12 @@ def launch(p: PretrainParams, live: bool = True) -> LaunchResult:
     cfg, config = prepare(p)
     if p.launcher == "slurm":
         return submit_slurm(p, cfg, config)
+    with hold_folder(cfg.dir, "training folder"):  # a second launch stops here, at once
+        return _run_torchrun(p, cfg, config, live)
+
+
+def _run_torchrun(p: PretrainParams, cfg: TrainConfig, config: Path, live: bool
+                  ) -> LaunchResult:
     nproc = processes_per_node(p)
     cmd = torchrun_command(config, nproc)
     env = {**os.environ, LAUNCHER_PID: str(os.getpid())}  # ranks stop if this process dies
@@ -92,11 +121,18 @@ def launch(p: PretrainParams, live: bool = True) -> LaunchResult:
         code = proc.wait()
     tail.close()
     if code != 0:
-        errors = "".join(sorted(set(tail.errors), key=tail.errors.index))
-        raise LaunchError(f"torchrun exited with {code}: {errors or 'see the log'}\n"
-                          f"last lines of {log_file}:\n" + "".join(tail.lines))
+        raise LaunchError(f"{rank_error(tail.errors) or f'torchrun exited with {code}'} "
+                          f"(torchrun exit {code}; whole log: {log_file})\n"
+                          f"last lines:\n" + "".join(tail.lines))
     export = cfg.dir / "export" / "backbone.safetensors"
     return LaunchResult(cfg.dir, config, cfg.dir / "log.jsonl", export, cmd)
+
+
+def rank_error(errors: list[str]) -> str:
+    """The exception a rank died of: the last exception line that is not torchrun's own
+    ChildFailedError report, which only says that a child failed."""
+    own = [e.strip() for e in errors if "ChildFailedError" not in e]
+    return own[-1] if own else (errors[-1].strip() if errors else "")
 
 
 def stop_process_tree(pid: int, timeout: float = 10.0) -> None:
@@ -132,8 +168,8 @@ class LiveTail:
 
     def add(self, line: str) -> None:
         line = line.rsplit("\r", 1)[-1]  # keep a progress bar's latest state only
-        if _EXCEPTION_LINE.match(line):
-            self.errors.append(line)
+        if _EXCEPTION_LINE.match(unprefixed := _RANK_PREFIX.sub("", line)):
+            self.errors.append(unprefixed)
         self.lines.append(line if line.endswith("\n") else line + "\n")
         if self.print:
             print(line, end="" if line.endswith("\n") else "\n", flush=True)

@@ -28,6 +28,7 @@ from biovfm_lib.data.pretrain import PretrainImages, index_images
 from biovfm_lib.data.sampler import ResumableDistributedSampler
 from biovfm_lib.data.ssl_transforms import DINOv2Augmentation, MAEAugmentation
 from biovfm_lib.models.checkpoints import export_backbone
+from biovfm_lib.models.factory import study_params_m
 from biovfm_lib.ssl import MAE, DINOv2, DINOv2Config, MAEConfig
 from biovfm_lib.train.checkpoint import FULL, load_checkpoint, save_checkpoint
 from biovfm_lib.train.config import TrainConfig
@@ -51,23 +52,52 @@ class TrainingStopped(RuntimeError):
     """The run was stopped on purpose (non-finite loss, collapse); the message says why."""
 
 
+def method_config(cfg: TrainConfig, global_batch: int, steps_per_pass: int = 0
+                  ) -> DINOv2Config | MAEConfig:
+    """The objective's recipe for this run: ``cfg.recipe`` at ``cfg.size``, then the run's
+    crops (a ``local_size`` of 0 keeps the recipe's), global batch and ``method`` overrides.
+    MAE's epochs are passes over the data: ``steps_per_pass`` (when known) is its
+    ``epoch_length``, so its warm-up is 40 real epochs whatever ``max_steps`` cuts."""
+    if cfg.algorithm == "dinov2":
+        local = {"local_crop_size": cfg.local_size} if cfg.local_size else {}
+        return DINOv2Config.for_size(
+            cfg.size, cfg.recipe, **{"global_crop_size": cfg.img_size, **local,
+                                     "n_local_crops": cfg.n_local, "batch_size": global_batch,
+                                     **cfg.method})
+    if cfg.algorithm == "mae":
+        epoch = {"epoch_length": steps_per_pass} if steps_per_pass else {}
+        return MAEConfig.for_size(cfg.size, **{"img_size": cfg.img_size,
+                                               "batch_size": global_batch, **epoch,
+                                               **cfg.method})
+    raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose dinov2 or mae")
+
+
 def build_method(cfg: TrainConfig, global_batch: int, total_steps: int,
-                 photometric: bool = True) -> tuple[nn.Module, Any]:
+                 photometric: bool = True, steps_per_pass: int = 0) -> tuple[nn.Module, Any]:
     """The objective and the per-sample augmentation it expects (for DINOv2 without
     ``photometric``: the uint8 crops that :func:`device_augmentation` finishes)."""
-    if cfg.algorithm == "dinov2":
-        mcfg = DINOv2Config.for_size(
-            cfg.size, **{"global_crop_size": cfg.img_size, "local_crop_size": cfg.local_size,
-                         "n_local_crops": cfg.n_local, "batch_size": global_batch,
-                         **cfg.method})
+    mcfg = method_config(cfg, global_batch, steps_per_pass)
+    if isinstance(mcfg, DINOv2Config):
         return DINOv2(mcfg, total_steps), DINOv2Augmentation(
             mcfg.global_crop_size, mcfg.local_crop_size, mcfg.n_local_crops,
-            photometric=photometric)
-    if cfg.algorithm == "mae":
-        mcfg = MAEConfig.for_size(cfg.size, **{"img_size": cfg.img_size,
-                                               "batch_size": global_batch, **cfg.method})
-        return MAE(mcfg, total_steps), MAEAugmentation(mcfg.img_size)
-    raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose dinov2 or mae")
+            blur_p=mcfg.blur_p, photometric=photometric)
+    return MAE(mcfg, total_steps), MAEAugmentation(mcfg.img_size)
+
+
+def iterations_per_epoch(mcfg: DINOv2Config | MAEConfig, steps_per_pass: int) -> int:
+    """What one of the run's ``epochs`` is, in iterations: DINOv2's ``epoch_length`` where its
+    recipe counts official epochs (the study's), else one pass over the data."""
+    if isinstance(mcfg, DINOv2Config) and mcfg.epoch_length:
+        return mcfg.epoch_length
+    return steps_per_pass
+
+
+def schedule_notes(method: nn.Module) -> list[str]:
+    """A line for each warm-up phase the run ends before (its lengths are absolute in the
+    study recipe, so a run cut by ``max_steps`` can be shorter than one)."""
+    return [f"schedule: the run's {method.total_steps} steps end inside the {name} "
+            f"({length} steps), which it never completes"
+            for name, length in method.phases().items() if length > method.total_steps]
 
 
 def device_augmentation(cfg: TrainConfig, env: DistEnv) -> DINOv2Photometric | None:
@@ -79,7 +109,8 @@ def device_augmentation(cfg: TrainConfig, env: DistEnv) -> DINOv2Photometric | N
                                                and env.device.type == "cuda")
     if cfg.algorithm != "dinov2" or not on_device:
         return None
-    return DINOv2Photometric(seed=cfg.seed, rank=env.rank)
+    blur_p = method_config(cfg, cfg.batch_size).blur_p  # the recipe's, as the loader's
+    return DINOv2Photometric(seed=cfg.seed, rank=env.rank, blur_p=blur_p)
 
 
 def training_images(cfg: TrainConfig):
@@ -110,10 +141,13 @@ class JsonLog:
 
 def train_step(model: nn.Module, method: nn.Module, opt: torch.optim.Optimizer, batch: dict,
                step: int, bf16: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimisation step: scheduled lr / wd, forward, backward, clip, AdamW, teacher."""
+    """One optimisation step: scheduled lr / wd, forward, backward, clip, AdamW, teacher.
+
+    A group with ``frozen_steps`` (DINOv2's last layer) gets lr 0 before that step."""
     lr, wd = method.lr(step), method.weight_decay(step)
     for group in opt.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+        frozen = step < group.get("frozen_steps", 0)
+        group["lr"] = 0.0 if frozen else lr * group["lr_scale"]
         group["weight_decay"] = wd * group["wd_scale"]
     with autocast(next(method.parameters()).device, bf16):
         result = model(batch, step)
@@ -143,12 +177,16 @@ def train(cfg: TrainConfig) -> Path | None:
     if steps_per_epoch == 0:
         raise ValueError(f"the subset has {len(images)} images, fewer than one global batch "
                          f"({cfg.batch_size} x {env.world_size} processes)")
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * iterations_per_epoch(method_config(cfg, global_batch), steps_per_epoch)
     total = min(total, cfg.max_steps) if cfg.max_steps else total
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     photometric = device_augmentation(cfg, env)
-    method, transform = build_method(cfg, global_batch, total, photometric=photometric is None)
+    method, transform = build_method(cfg, global_batch, total, photometric=photometric is None,
+                                     steps_per_pass=steps_per_epoch)
+    if env.is_main:
+        for note in schedule_notes(method):
+            print(note, flush=True)
     if env.is_main and cfg.algorithm == "dinov2":
         print(f"colour, blur and solarisation: "
               f"{'on ' + env.device.type if photometric else 'in the loader'}", flush=True)
@@ -264,7 +302,9 @@ def _export(cfg: TrainConfig, model: nn.Module, env: DistEnv, stem: Path, step: 
         unwrap(method).load_state_dict(full)
         backbone = method.backbone_for_export()
         path, _ = export_backbone(
-            backbone, method.spec, stem, algorithm=cfg.algorithm, size=cfg.size,
+            backbone, method.spec, stem, algorithm=cfg.algorithm, recipe=cfg.recipe,
+            size=cfg.size,
+            params_study_m=study_params_m(cfg.size),  # the study's x for this size
             data_subset=data_subset(cfg), n_train_images=n_images, steps=step,
             images_seen=step * global_batch, sources=[s["name"] for s in cfg.sources],
             run=cfg.dir.name)
