@@ -54,8 +54,12 @@ def _size_axis(ax: plt.Axes, sizes: pd.Series) -> None:
     nearby sizes (or a single one) with no labelled tick at all."""
     ax.set_xscale("log")
     values = np.unique(sizes.dropna().to_numpy(dtype=float))
+    labels, last = [], -np.inf
+    for v in values:  # sizes closer than a factor 1.8 share a tick's room: label the first
+        labels.append(f"{v:.3g}" if np.log10(v) - last > 0.25 else "")
+        last = np.log10(v) if labels[-1] else last
     ax.xaxis.set_major_locator(FixedLocator(values))
-    ax.xaxis.set_major_formatter(FixedFormatter([f"{v:.3g}" for v in values]))
+    ax.xaxis.set_major_formatter(FixedFormatter(labels))
     ax.xaxis.set_minor_locator(NullLocator())
     if len(values) == 1:  # one size: a margin either side, or the point sits on the frame
         ax.set_xlim(values[0] / 1.5, values[0] * 1.5)
