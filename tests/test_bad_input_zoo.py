@@ -121,6 +121,15 @@ def test_a_bad_medmnist_file_stops_the_probe_before_a_kernel(synth, tmp_path, da
     assert str(root / f"{FLAG}.npz") in line and not isolated_outputs.exists()
 
 
+def test_a_corrupt_synthetic_marker(synth, tmp_path, isolated_outputs, capsys) -> None:
+    """A folder whose marker cannot be read is neither trusted as real nor as synthetic."""
+    root = bad_copy(synth, tmp_path, (synth / f"{FLAG}.npz").read_bytes())
+    (root / "biovfm_synthetic.json").write_text("{truncated")
+    refused(["run", "03_probe", "-p", "data_root", str(root), "-p", "size", "28",
+             "-p", "tasks", f"[{FLAG}]"], f"{root / 'biovfm_synthetic.json'}: unreadable "
+                                          "synthetic-data marker", capsys, tmp_path)
+
+
 def test_a_truncated_medmnist_file(synth, tmp_path, isolated_outputs, capsys) -> None:
     data = (synth / f"{FLAG}.npz").read_bytes()
     root = bad_copy(synth, tmp_path, data[: len(data) // 2])

@@ -527,7 +527,18 @@ def synthetic_info(root: str | Path) -> dict | None:
     """The marker of a synthetic folder, or None for real data: what reports use to say which
     kind of data their numbers come from."""
     path = Path(root) / SYNTHETIC_MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:  # a marker that cannot be read must not pass its folder off as real data
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        info, problem = None, f"{type(err).__name__}: {err}"
+    else:
+        problem = "" if isinstance(info, dict) else f"holds a {type(info).__name__}"
+    if problem:
+        raise ValueError(f"{path}: unreadable synthetic-data marker ({problem}); regenerate the "
+                         f"folder with `biovfm data synth --root {Path(root)}`")
+    return info
 
 
 def data_kind(roots: Mapping[str, str | Path]) -> tuple[str, list[str]]:
