@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 
 from biovfm_lib.params import MEDMNIST_2D_TASKS, MEDMNIST_SIZES, ParamError
-from biovfm_lib.runs import FolderBusy
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -270,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamError, FileNotFoundError, ValueError, FolderBusy) as err:
+    except (ParamError, FileNotFoundError, ValueError) as err:
+        print(f"biovfm: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        from biovfm_lib.runs import FolderBusy  # imported by whatever raised it: no start-up cost
+
+        if not isinstance(err, FolderBusy):
+            raise
         print(f"biovfm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # what was finished stays written; a rerun resumes the rest

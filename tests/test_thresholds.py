@@ -26,7 +26,10 @@ def _study_reference(target: np.ndarray, score: np.ndarray) -> float:
 
 
 def _columns(y: np.ndarray, score: np.ndarray, task: str):
-    return zip(*((y.T, score.T) if task == MULTI_LABEL else ((y[:, 0] == 1)[None], score[:, -1:].T)))
+    """(target, score) per label: the positive column of a binary task, else every label."""
+    if task == MULTI_LABEL:
+        return zip(y.T, score.T)
+    return zip((y[:, 0] == 1)[None], score[:, -1:].T)
 
 
 @pytest.mark.parametrize("rule", ["study", "exact"])

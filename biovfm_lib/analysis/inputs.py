@@ -40,8 +40,8 @@ import pandas as pd
 from biovfm_lib.params import LEGACY_RECIPES
 from biovfm_lib.runs import collect_results
 
-POINT_COLUMNS = ["source", "algorithm", "recipe", "size", "task", "metric", "value", "params_total_m",
-                 "params_encoder_m", "params_study_m", "images_seen", "n_train_images",
+POINT_COLUMNS = ["source", "algorithm", "recipe", "size", "task", "metric", "value",
+                 "params_total_m", "params_encoder_m", "params_study_m", "images_seen", "n_train_images",
                  "data_subset", "modality_subset", "data_source", "checkpoint", "run_id"]
 
 NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "params_study_m",

@@ -127,7 +127,8 @@ def published_slope_table(published: pd.DataFrame | None = None) -> pd.DataFrame
     published = load_published_slopes() if published is None else published
     labels = {"source": "published", "metric": "auc", "axis": "model_size", "fit": "power_law",
               "data_subset": STUDY_SUBSET[0], "modality_subset": STUDY_SUBSET[1],
-              "recipe": STUDY_RECIPE, "n_points": 4, "note": "the study's bar-chart label (4 decimals)"}
+              "recipe": STUDY_RECIPE, "n_points": 4,
+              "note": "the study's bar-chart label (4 decimals)"}
     return published.assign(**labels).reindex(columns=SLOPE_COLUMNS)
 
 

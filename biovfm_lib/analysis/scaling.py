@@ -293,12 +293,13 @@ def compare_algorithms(
     mean.
 
     Both algorithms are compared on the same pretraining subset only: a subset that one of them
-    lacks gives no rows. Each algorithm's curve holds one recipe. Pools both curves in one OLS of ``log y`` on ``log x``, an indicator
-    for ``a`` and their interaction; the interaction is ``diff = slope_a - slope_b``, reported
-    with its se, CI and t-test p-value. Pooling assumes a common residual variance for the two
-    curves, and with 4 sizes per algorithm leaves only 4 residual df, so the test has little
-    power: a large p means "not shown to differ", not "equal". The mean compares both
-    algorithms over the same tasks (those present at every x for both).
+    lacks gives no rows. Each algorithm's curve holds one recipe. Pools both curves in one OLS
+    of ``log y`` on ``log x``, an indicator for ``a`` and their interaction; the interaction is
+    ``diff = slope_a - slope_b``, reported with its se, CI and t-test p-value. Pooling assumes
+    a common residual variance for the two curves, and with 4 sizes per algorithm leaves only 4
+    residual df, so the test has little power: a large p means "not shown to differ", not
+    "equal". The mean compares both algorithms over the same tasks (those present at every x
+    for both).
     """
     columns = ["task", "metric", *SUBSET_COLUMNS, "a", "b", "recipe_a", "recipe_b", "slope_a",
                "slope_b", "diff", "se", "ci_low", "ci_high", "p_value", "n_points", "note"]

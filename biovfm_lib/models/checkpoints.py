@@ -135,9 +135,15 @@ def detect_format(path: str | Path) -> str:
     which no state dict records.
     """
     path = _checkpoint_path(path)
-    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-        return "biovfm"
-    ckpt = _read(path)
+    return "biovfm" if _is_export(path) else _format_of(_read(path), path)
+
+
+def _is_export(path: Path) -> bool:
+    return path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+
+
+def _format_of(ckpt: Any, path: Path) -> str:
+    """The format a checkpoint's contents are in (``detect_format`` without the reading)."""
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a state dict")
     if all(k in ckpt for k in _TRAINING_KEYS):
@@ -176,25 +182,27 @@ def load_encoder(path: str | Path, fmt: str = "auto", img_size: int = 224,
     if fmt not in (*CHECKPOINT_FORMATS, "auto"):
         raise CheckpointError(f"{path}: unknown checkpoint format {fmt!r}; "
                               f"choose 'auto' or one of {CHECKPOINT_FORMATS}")
-    detected = detect_format(path)
+    ckpt = None if _is_export(path) else _read(path)  # read once, for detection and loading
+    detected = "biovfm" if ckpt is None else _format_of(ckpt, path)
     if fmt == "auto":
         fmt = detected
     elif fmt != detected:  # a forced format would convert keys of another layout
         raise CheckpointError(f"{path} is a {detected} checkpoint, not {fmt}: set the "
                               f"checkpoint format to auto (or {detected})")
     if timm_name and fmt != "timm":
-        raise CheckpointError(f"{path} is a {fmt} checkpoint: timm_name={timm_name!r} applies "
-                         "only to the timm format (dinov2/mae architectures are inferred)")
+        raise CheckpointError(f"{path} is a {fmt} checkpoint: timm_name={timm_name!r} "
+                              "applies only to the timm format (dinov2/mae architectures are "
+                              "inferred)")
     if num_heads < 0:
         raise CheckpointError(f"{path}: num_heads must be >= 0 (0: from the checkpoint), "
-                         f"got {num_heads}")
+                              f"got {num_heads}")
     meta: dict = {}
     if fmt == "biovfm":
         model, spec, meta = _load_biovfm(path, img_size, num_heads)
     elif fmt == "timm":
         model, spec = _load_timm(path, img_size, timm_name, num_heads)
     else:
-        model, spec = _load_converted(path, fmt, img_size, num_heads)
+        model, spec = _load_converted(ckpt, path, fmt, img_size, num_heads)
     _check_finite(model, path)
     return LoadedEncoder(model.eval(), fmt, spec, str(path), _sha256(path), meta)
 
@@ -255,7 +263,7 @@ def _load_biovfm(path: Path, img_size: int, num_heads: int) -> tuple[nn.Module, 
 
 def _load_timm(path: Path, img_size: int, timm_name: str, num_heads: int
                ) -> tuple[nn.Module, VitSpec]:
-    _read(path)  # a file that is no checkpoint at all: one line, before timm's own reader
+    # load_encoder has read the file once already, so an unreadable one never gets here
     with torch.serialization.safe_globals(_SAFE_GLOBALS):
         state = load_state_dict(str(path))  # timm's reader: the dict its loader will see
     if not any(k.startswith("patch_embed.") for k in state):
@@ -291,9 +299,8 @@ def _load_timm(path: Path, img_size: int, timm_name: str, num_heads: int
     return model, VitSpec(timm_name, {"img_size": img_size, "num_classes": 0, **heads})
 
 
-def _load_converted(path: Path, fmt: str, img_size: int, num_heads: int
+def _load_converted(ckpt: Mapping, path: Path, fmt: str, img_size: int, num_heads: int
                     ) -> tuple[nn.Module, VitSpec]:
-    ckpt = _read(path)
     convert = _dinov2_backbone if fmt == "dinov2" else _mae_encoder
     state, spec = convert(ckpt, path, img_size, num_heads)
     model = spec.create()
@@ -382,16 +389,17 @@ def _num_heads(embed_dim: int, path: Path, num_heads: int = 0, recorded: str = "
     an error naming the old 64-wide guess, since loading on a guess gives wrong features.
     """
     if num_heads and embed_dim % num_heads:
-        raise CheckpointError(f"{path}: num_heads={num_heads} does not divide the width {embed_dim}")
+        raise CheckpointError(f"{path}: num_heads={num_heads} does not divide the width "
+                              f"{embed_dim}")
     match = re.search(r"vit_(tiny|small|base|large|huge|giant2)_patch\d+", recorded)
     if match:
         width, heads = _OFFICIAL_HEADS[match[1]]
         if width != embed_dim and not num_heads:
-            raise CheckpointError(f"{path}: args.model {recorded!r} is {width} wide, the weights "
-                             f"{embed_dim}; set num_heads to load them anyway")
+            raise CheckpointError(f"{path}: args.model {recorded!r} is {width} wide, the "
+                                  f"weights {embed_dim}; set num_heads to load them anyway")
         if width == embed_dim and num_heads not in (0, heads):
-            raise CheckpointError(f"{path}: num_heads={num_heads}, but args.model {recorded!r} has "
-                             f"{heads} heads")
+            raise CheckpointError(f"{path}: num_heads={num_heads}, but args.model "
+                                  f"{recorded!r} has {heads} heads")
         if not num_heads:
             return heads
     if num_heads:
@@ -399,10 +407,11 @@ def _num_heads(embed_dim: int, path: Path, num_heads: int = 0, recorded: str = "
     if embed_dim in _HEADS_BY_WIDTH:
         return _HEADS_BY_WIDTH[embed_dim]
     record = f"args.model {recorded!r} is no official ViT" if recorded else "no architecture"
-    raise CheckpointError(f"{path}: the checkpoint records {record} and its width {embed_dim} is no "
-                     f"official ViT's ({sorted(_HEADS_BY_WIDTH)}); the guess of 64-wide heads "
-                     f"would be num_heads={max(1, embed_dim // 64)}, which may be wrong: set "
-                     f"num_heads (ProbeParams num_heads) to the architecture's head count")
+    raise CheckpointError(f"{path}: the checkpoint records {record} and its width {embed_dim} "
+                          f"is no official ViT's ({sorted(_HEADS_BY_WIDTH)}); the guess of "
+                          f"64-wide heads would be num_heads={max(1, embed_dim // 64)}, which "
+                          "may be wrong: set num_heads (ProbeParams num_heads) to the "
+                          "architecture's head count")
 
 
 def _mlp_ratio(hidden: int, embed_dim: int) -> float:

@@ -273,8 +273,9 @@ def _metrics_from_weights(problem: _Problem, weights: np.ndarray) -> dict[str, n
 
 
 def validate_scores(y_true, y_score, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Check one split's labels and scores; return (truth, scores): int (n,) and (n, C) for single-label tasks, bool and float
-    (n, L) for multi-label; binary scores become the (n, 1) positive column."""
+    """Check one split's labels and scores; return (truth, scores): int (n,) and (n, C) for
+    single-label tasks, bool and float (n, L) for multi-label; binary scores become the (n, 1)
+    positive column."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)

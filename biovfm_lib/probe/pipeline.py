@@ -149,16 +149,16 @@ def augmented_batches(model: torch.nn.Module, images: np.ndarray, y: torch.Tenso
 
 def cached_features(enc: LoadedEncoder, identity: dict, data: TaskData, split: str,
                     p: ProbeParams, device: torch.device, cache: FeatureCache) -> np.ndarray:
-    precision = feature_precision(p.precision, device)
-    key = cache.key(encoder=identity, data=file_identity(data.file), flag=data.flag,
-                    split=split, size=p.size, features=p.features, precision=precision)
+    made_from = {"encoder": identity, "data": file_identity(data.file), "flag": data.flag,
+                 "split": split, "size": p.size, "features": p.features,
+                 "precision": feature_precision(p.precision, device)}
+    key = cache.key(**made_from)
     feats = cache.get(key, rows=len(data.images[split]))
     if feats is None:
         feats = extract_features(enc.model, data.images[split], device, p.features,
                                  p.extract_batch_size, desc=f"{data.flag} {split}",
                                  precision=p.precision)
-        cache.put(key, feats, flag=data.flag, split=split, size=p.size, features=p.features,
-                  precision=precision, encoder=identity, data=file_identity(data.file))
+        cache.put(key, feats, **made_from)  # the sidecar records what the key hashed
     return feats
 
 
