@@ -157,6 +157,13 @@ def cmd_bench_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from biovfm_lib.gpu_check.check import gpu_check
+
+    return gpu_check(out=args.out, budget_s=args.budget_s, only=args.only, device=args.device,
+                     smoke=args.smoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biovfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--compile", action="store_true", help="torch.compile each block")
     bt.add_argument("--device", default="auto")
     bt.set_defaults(func=cmd_bench_pretrain)
+    bg = bench_sub.add_parser("gpu", help="the prepared GPU check: every GPU path, each step "
+                                          "in its own subprocess, into gpu-check.json / .md")
+    bg.add_argument("--out", default="", help="default: outputs/bench/gpu-<UTC time>")
+    bg.add_argument("--budget-s", type=float, default=420.0,
+                    help="the whole check's wall-clock limit; steps it cannot fit are not run")
+    bg.add_argument("--only", nargs="+", default=[], metavar="STEP",
+                    help="only these steps: env probe pretrain-throughput huge-fits "
+                         "strategies numerics augment resume")
+    bg.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    bg.add_argument("--smoke", action="store_true",
+                    help="nano sizes (CPU: steps that need CUDA say so and the rest run)")
+    bg.set_defaults(func=cmd_bench_gpu)
     return parser
 
 
