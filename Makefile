@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lab bench chromium clean-venv
+.PHONY: help demo test lab bench gpu-check chromium clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## the workbook at smoke scale (CPU, minutes): corpus, smoke grid, report index
 	$(BIN)/biovfm data synth --root outputs/data/synthetic --size 28 --scale 0.02
 	$(BIN)/biovfm run 01_curation -f params/curation/demo.yaml
-	$(BIN)/biovfm grid params/grids/smoke.yaml
+	$(BIN)/biovfm grid params/grids/smoke.yaml --jobs 2
 	$(BIN)/biovfm report
 
 test: $(STAMP) chromium ## run the test suite
@@ -41,6 +41,9 @@ lab: $(STAMP) ## open JupyterLab on notebooks/ with the project kernel
 
 bench: $(STAMP) ## feature-extraction throughput (ViT-B at 224 px; bf16 on a GPU)
 	$(BIN)/biovfm bench probe --encoder base --size 224
+
+gpu-check: $(STAMP) ## the prepared GPU check on one H100/H200 (< 8 min): outputs/bench/gpu-*/
+	$(BIN)/biovfm bench gpu
 
 clean-venv: ## remove the virtual environment (the next target rebuilds it)
 	rm -rf $(VENV)

@@ -128,7 +128,7 @@ def _check_medmnist_size(size: int) -> int:
 
 
 def _check_encoder(name: str) -> str:
-    from biovfm_lib.models.factory import VIT_SIZES
+    from biovfm_lib.models.sizes import VIT_SIZES
 
     if name not in VIT_SIZES:
         raise ValueError(f"unknown encoder size {name!r}; choose from {list(VIT_SIZES)}")
@@ -152,22 +152,51 @@ def _check_positive(values: list[float]) -> list[float]:
     return values
 
 
+def _check_layers(layers: str | list[int]) -> str | list[int]:
+    if isinstance(layers, str):
+        if layers not in ("last", "all"):
+            raise ValueError("must be 'last', 'all' or a list of block indices")
+    elif not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError("block indices: at least one, each >= 0, none repeated")
+    return layers
+
+
+def _check_counts(values: list[int]) -> list[int]:
+    if any(v < 1 for v in values) or len(set(values)) != len(values):
+        raise ValueError("every value must be >= 1, none repeated")
+    return values
+
+
+def _check_fractions(values: list[float]) -> list[float]:
+    if any(not 0 < v < 1 for v in values) or len(set(values)) != len(values):
+        raise ValueError("every fraction must be in (0, 1), none repeated (all labels are "
+                         "the main probe)")
+    return values
+
+
+FeaturePool = Literal["mean_patch", "cls", "last4_avgpool"]
+DEFAULT_POOL = "mean_patch"
 Tasks = Annotated[list[str], Field(min_length=1), AfterValidator(_check_tasks)]
 MedMNISTSize = Annotated[int, AfterValidator(_check_medmnist_size)]
 EncoderSize = Annotated[str, AfterValidator(_check_encoder)]
 ALL_TASKS = Field(default_factory=lambda: list(MEDMNIST_2D_TASKS))
 
 
-class ProbeParams(NotebookParams):
-    """Parameters of notebooks/03_probe: linear probing of one encoder on MedMNIST tasks."""
+class MedMNISTTaskParams(NotebookParams):
+    """The MedMNIST-format tasks a notebook reads: real files under ``data_root``, or synthetic
+    ones it writes there first; notebooks reading them alike share one feature cache."""
 
-    # data
     data_root: str = "outputs/data/medmnist"
     data: Literal["medmnist", "synthetic"] = "medmnist"
     synthetic_scale: float = Field(0.02, gt=0, le=1)
     synthetic_seed: int = Field(0, ge=0)
     tasks: Tasks = ALL_TASKS
     size: MedMNISTSize = 224
+
+
+class ProbeParams(MedMNISTTaskParams):
+    """Parameters of notebooks/03_probe: linear probing of one encoder on MedMNIST tasks."""
+
     verify_md5: bool = False
     # encoder
     encoder: EncoderSize = "base"
@@ -178,7 +207,15 @@ class ProbeParams(NotebookParams):
     # heads of a checkpoint that records none (0: its record, else the official ViT's of its
     # width; other widths are refused, since weights load under any count that divides them)
     num_heads: int = Field(0, ge=0)
-    features: Literal["mean_patch", "cls"] = "mean_patch"
+    # the feature: mean_patch (the study's), cls, or last4_avgpool (DINOv2's linear-eval
+    # feature: the CLS tokens of the last 4 blocks and the mean patch token, after the final
+    # norm). ``pool`` is the evaluation issue's name for the same setting: set either one
+    # (one left at the default follows the other); both set to different values is an error
+    features: FeaturePool = DEFAULT_POOL
+    pool: FeaturePool = DEFAULT_POOL
+    # blocks to probe besides the last (last: none; all: every block; or block indices from
+    # 0): a linear probe (and kNN, if on) per block, on cached features of one forward pass
+    layers: Annotated[str | list[int], AfterValidator(_check_layers)] = "last"
     # protocol
     protocol: Literal["official", "cached"] = "official"  # cached: ours, the fast path
     # official only (cached features are eval-mode by construction): study = the backbone in
@@ -202,6 +239,40 @@ class ProbeParams(NotebookParams):
     extract_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0)
     cache_dir: str = "outputs/cache/features"
+    # evaluations beyond the study (all off by default; all on cached eval-mode features, so
+    # their rows say protocol cached whatever ``protocol`` the main probe ran under)
+    knn: Annotated[list[int], AfterValidator(_check_counts)] = Field(default_factory=list)
+    knn_temperature: float = Field(0.07, gt=0)  # DINOv2's
+    label_fractions: Annotated[list[float], AfterValidator(_check_fractions)] = Field(
+        default_factory=list)  # stratified, nested subsets of the training labels
+    shots: Annotated[list[int], AfterValidator(_check_counts)] = Field(
+        default_factory=list)  # labelled training images per class
+    label_draws: int = Field(5, ge=1)  # draws of each label setting, fixed seeds
+    n_runs: int = Field(1, ge=1)  # linear heads trained with seeds seed, seed + 1, ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_pooling(cls, values: Any) -> Any:
+        """``features`` and ``pool`` name one setting: a key at its default follows the other."""
+        if not isinstance(values, dict):
+            return values
+        features = values.get("features", DEFAULT_POOL)
+        pool = values.get("pool", DEFAULT_POOL)
+        if not (isinstance(features, str) and isinstance(pool, str)):
+            return values  # the fields' own checks name the bad key
+        if DEFAULT_POOL not in (features, pool) and features != pool:
+            raise ValueError(f"features / pool: two names for one setting, given different "
+                             f"values (features {features!r}, pool {pool!r}); set one of them")
+        chosen = pool if features == DEFAULT_POOL else features
+        return {**values, "features": chosen, "pool": chosen}
+
+    @model_validator(mode="after")
+    def _last4_on_the_last_blocks(self) -> ProbeParams:
+        if self.features == "last4_avgpool" and self.layers != "last":
+            raise ValueError(f"layers: features/pool last4_avgpool reads the last 4 blocks "
+                             f"together; probe other blocks with mean_patch or cls, got "
+                             f"layers {self.layers!r}")
+        return self
 
     @model_validator(mode="after")
     def _study_interval_defined(self) -> ProbeParams:
@@ -267,7 +338,41 @@ class PretrainParams(NotebookParams):
     name: Annotated[str, AfterValidator(_check_plain_name)] = ""
     launcher: Literal["local", "slurm"] = "local"
     slurm: dict[str, Any] = Field(default_factory=dict)  # partition, time, account, ...
+    # online kNN monitor (biovfm_lib/train/monitor.py; it changes nothing that is learned):
+    # every monitor_every steps (0: off) rank 0 scores the backbone by weighted kNN (k =
+    # monitor_k) on fixed samples of MedMNIST-format tasks: monitor_samples = [train memory,
+    # val queries] per task. monitor_tasks empty: the first three of `tasks`. monitor_data_root
+    # empty: data_root for medmnist / synthetic data, else outputs/data/medmnist;
+    # monitor_data_size 0: data_size. Images are resized to img_size. The launch prints its
+    # estimated share of the training compute (target < 5%: e.g. every 500 steps for DINOv2,
+    # 1000 for MAE at 64 images per GPU; its cost is one evaluation per interval)
+    monitor_every: int = Field(0, ge=0)
+    monitor_tasks: Annotated[list[str], AfterValidator(_check_tasks)] = Field(
+        default_factory=list)
+    monitor_data_root: str = ""
+    monitor_data_size: int = Field(0, ge=0)
+    monitor_samples: list[int] = Field(default_factory=lambda: [1000, 500])
+    monitor_k: int = Field(20, ge=1)
 
+    @field_validator("monitor_data_size")
+    @classmethod
+    def _monitor_size(cls, size: int) -> int:
+        return _check_medmnist_size(size) if size else size
+
+    @field_validator("monitor_samples")
+    @classmethod
+    def _monitor_samples(cls, sizes: list[int]) -> list[int]:
+        if len(sizes) != 2 or min(sizes) < 1:
+            raise ValueError("must be [train memory, val queries] per task, two integers >= 1")
+        return sizes
+
+    @model_validator(mode="after")
+    def _monitor_k_fits(self) -> PretrainParams:
+        if self.monitor_k > self.monitor_samples[0]:
+            raise ValueError(f"monitor_k: {self.monitor_k} neighbours need a train memory of at "
+                             f"least as many images; monitor_samples[0] is "
+                             f"{self.monitor_samples[0]}")
+        return self
 
     @model_validator(mode="after")
     def _known_method_keys(self) -> PretrainParams:
@@ -364,10 +469,34 @@ class CurationParams(NotebookParams):
         return value
 
 
+class RepresentationsParams(MedMNISTTaskParams):
+    """Parameters of notebooks/06_representations: linear CKA between checkpoints, per block."""
+
+    # the checkpoints: those of these 03_probe runs, plus explicit paths; both empty: every
+    # completed 03_probe run of an exported checkpoint (random initialisations are left out)
+    run_ids: list[str] = Field(default_factory=list)
+    checkpoints: list[str] = Field(default_factory=list)
+    # the representation: the probe's feature of each block compared: all, last, or block
+    # indices from 0 (the last block is always among them, as in the probe)
+    layers: Annotated[str | list[int], AfterValidator(_check_layers)] = "all"
+    features: Literal["mean_patch", "cls"] = DEFAULT_POOL
+    sample: int = Field(500, ge=4)  # test images per task, a fixed draw (the table's n)
+    estimator: Literal["debiased", "biased"] = "debiased"
+    seed: int = Field(0, ge=0)
+    # a 04_scaling run whose slopes to show beside the depth curves: a run id, latest (the
+    # newest completed one), or empty for none
+    scaling_run: str = ""
+    # engine
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    extract_batch_size: int = Field(256, ge=1)
+    cache_dir: str = "outputs/cache/features"
+
+
 PARAMS_BY_NOTEBOOK: dict[str, type[NotebookParams]] = {
     "01_curation": CurationParams,
     "02_pretrain": PretrainParams, "03_probe": ProbeParams, "04_scaling": ScalingParams,
-    "05_task_properties": PropertiesParams}
+    "05_task_properties": PropertiesParams, "06_representations": RepresentationsParams}
 
 
 def params_for(notebook: str) -> type[NotebookParams]:

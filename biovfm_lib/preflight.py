@@ -74,3 +74,8 @@ def check_inputs(notebook: str, params: Mapping[str, Any]) -> None:
             _medmnist(resolve(root), params["size"], params["tasks"])
         if params.get("checkpoint"):
             _checkpoint(resolve(params["checkpoint"]), params["checkpoint"])
+    elif notebook == "06_representations":
+        if data == "medmnist":
+            _medmnist(resolve(root), params["size"], params["tasks"])
+        for checkpoint in params.get("checkpoints") or []:
+            _checkpoint(resolve(checkpoint), checkpoint)

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from biovfm_lib import runs
+from biovfm_lib.analysis.inputs import main_probe
 from biovfm_lib.grid.state import headline, read_status
 
 _FOLDED_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -80,6 +81,10 @@ def provenance_html(record: dict[str, Any]) -> str:
     text = yaml.safe_dump(params, sort_keys=True, default_flow_style=None)
     return (f'<section class="biovfm-provenance">{rows}<details><summary>parameters'
             f'</summary><pre>{html.escape(text)}</pre></details></section>')
+
+
+SYNTHETIC_NOTE = ("Synthetic data: these numbers show that the pipeline works end to end; "
+                  "they are not findings about medical images.")
 
 
 def data_description(record: dict[str, Any]) -> str:
@@ -237,6 +242,8 @@ def _key_figures(all_runs: list[RunInfo], outputs: Path) -> str:
     if scaling:
         out.append(f"<p>The scaling figure of the newest completed 04_scaling run, "
                    f"{_run_link(scaling[0], outputs)}:</p>" + _figures(scaling[0], outputs))
+        if "SYNTHETIC" in data_description(scaling[0].record):
+            out.append(f"<p class=err>{SYNTHETIC_NOTE}</p>")
     else:
         out.append("<p>No completed 04_scaling run yet.</p>")
     if probes:
@@ -362,7 +369,7 @@ def _mean_auc(results: Path) -> float | None:
     df = pd.read_parquet(results)
     if not {"split", "metric", "value"} <= set(df.columns):
         return None
-    auc = df[(df.split == "test") & (df.metric == "auc")].value
+    auc = df[(df.split == "test") & (df.metric == "auc") & main_probe(df)].value
     return float(auc.mean()) if len(auc) else None
 
 

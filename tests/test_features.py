@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from biovfm_lib.data.transforms import AugmentedImages, to_model_input
-from biovfm_lib.models.factory import VIT_SIZES, create_vit, vit_spec
+from biovfm_lib.models.factory import create_vit, vit_spec
+from biovfm_lib.models.sizes import VIT_SIZES
 from biovfm_lib.probe.features import FeatureCache, encode, extract_features
 
 

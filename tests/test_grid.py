@@ -16,6 +16,7 @@ import yaml
 
 from biovfm_lib import cli, execution, runs
 from biovfm_lib.grid import GridError, load_grid
+from biovfm_lib.grid.plan import describe
 from biovfm_lib.grid.runner import _slot_env, _slots, run_grid
 from biovfm_lib.grid.slurm import submit
 from biovfm_lib.grid.state import GridState, headline, read_status
@@ -26,23 +27,33 @@ BIOVFM = Path(sys.executable).with_name("biovfm")
 
 
 # --------------------------------------------------------------------------- grid files
-def test_smoke_grid_chains_each_point_through_its_own_checkpoint():
+def test_smoke_grid_is_a_miniature_of_the_study():
     grid = load_grid(ROOT / "params" / "grids" / "smoke.yaml")
-    assert [p.slug for p in grid.points] == ["dinov2-nano", "mae-nano"]
-    files = {p.axes["algorithm"]: p.steps[0].file for p in grid.points}
-    assert files == {"dinov2": "params/pretrain/smoke.yaml",
-                     "mae": "params/pretrain/mae_smoke.yaml"}
+    combos = {tuple(p.axes.values()) for p in grid.points}
+    sizes = grid.axes["size"]
+    assert len(sizes) >= 3  # a model-size slope with a CI (a residual df)
+    assert {("mae", s, "all") for s in sizes} <= combos
+    assert len({s for a, s, d in combos if a == "dinov2" and d == "all"}) >= 2
+    assert {("mae", "femto", d) for d in ("half", "quarter")} <= combos  # nested fractions
+    assert {("random", s, "all") for s in sizes} <= combos  # the floor at every size
+    curated = load_yaml(ROOT / "params" / "curation" / "demo.yaml")["subsets"]
+    assert curated["half"] == {"fraction": 0.5} and curated["quarter"] == {"fraction": 0.25}
     for point in grid.points:
-        pretrain, probe = point.steps
+        probe = point.steps[-1].values()
+        assert probe["encoder"] == point.axes["size"] and point.validate() is None
+        if point.axes["algorithm"] == "random":
+            assert point.step_names == ["probe"] and probe["checkpoint"] == ""
+            continue
+        pretrain = point.steps[0].values()
         assert point.id.startswith(point.slug + "-") and len(point.id) == len(point.slug) + 9
-        assert pretrain.values()["name"] == point.id
-        assert pretrain.values()["algorithm"] == point.axes["algorithm"]
-        assert probe.values()["checkpoint"] == (
-            f"outputs/pretrain/{point.id}/export/backbone.safetensors")
-        assert point.validate() is None
-    assert [s.name for s in grid.analysis] == ["04_scaling", "05_task_properties"]
-    (scaling, _) = grid.analysis_steps({"probe": ["r1", "r2"]})
-    assert scaling.values()["run_ids"] == ["r1", "r2"]
+        assert pretrain["name"] == point.id and pretrain["encoder"] == point.axes["size"]
+        assert pretrain["algorithm"] == point.axes["algorithm"]
+        assert pretrain["corpus_subset"] == ("" if point.axes["data"] == "all"
+                                             else point.axes["data"])
+        assert probe["checkpoint"] == f"outputs/pretrain/{point.id}/export/backbone.safetensors"
+    assert [s.name for s in grid.analysis][:2] == ["04_scaling", "05_task_properties"]
+    scaling = grid.analysis_steps({"probe": ["r1", "r2"]})[0]
+    assert scaling.values()["run_ids"] == ["r1", "r2"] and scaling.values()["n_boot"] > 0
 
 
 def test_shipped_grids_are_valid_and_paper_covers_the_study():
@@ -203,6 +214,42 @@ def test_runner_records_failures_resumes_and_reruns_analysis_only_on_change(
     assert any("already completed, skipped" in line for line in lines)
 
 
+def baseline_axes() -> dict:
+    """Two algorithms and a random initialisation that leaves pretraining out."""
+    return {"algorithm": {"dinov2": {"pretrain": {"algorithm": "dinov2"}},
+                          "random": {"pretrain": "skip", "probe": {"checkpoint": ""}}},
+            "size": {"nano": {"pretrain": {"encoder": "nano"}, "probe": {"encoder": "nano"}}}}
+
+
+def test_a_point_may_skip_a_step_and_still_feed_the_analysis(tmp_path, isolated_outputs):
+    grid = load_grid(write_grid(tmp_path / "g.yaml", axes=baseline_axes()))
+    dinov2, baseline = grid.points
+    assert baseline.slug == "random-nano" and baseline.step_names == ["probe"]
+    assert baseline.steps[0].values() == {"checkpoint": "", "encoder": "nano"}
+    assert dinov2.step_names == ["pretrain", "probe"] and baseline.validate() is None
+    state = GridState(grid)
+    assert run_grid(grid, execute=fake_execute, echo=lambda _: None).exit_code == 0
+    assert set(state.point(baseline.id)["steps"]) == {"probe"}
+    scaling = runs.read_record(isolated_outputs / state.analysis("04_scaling")["run_dir"])
+    assert scaling["parameters"]["run_ids"] == [point_runs(state, p)["probe"]
+                                                for p in grid.points]
+    lines = []
+    run_grid(grid, execute=fake_execute, echo=lines.append)  # completed with its one step
+    assert any(f"{baseline.slug}: already completed, skipped" in line for line in lines)
+    assert "random-nano-" in describe(grid) and "skip" in describe(grid)
+
+
+@pytest.mark.parametrize("sets,fragment", [
+    ({"pretrain": "skipp"}, "axes.algorithm.random.pretrain: 'skipp'"),
+    ({"pretrain": "skip", "probe": "skip"}, "point random-nano: its axis values skip every"),
+])
+def test_a_bad_skip_names_the_key(tmp_path, sets, fragment):
+    axes = baseline_axes()
+    axes["algorithm"]["random"] = sets
+    with pytest.raises(GridError, match=re.escape(fragment)):
+        load_grid(write_grid(tmp_path / "bad.yaml", axes=axes))
+
+
 def test_cpu_jobs_share_the_cores_and_gpus_need_gpu_sets(monkeypatch):
     import torch
 
@@ -264,11 +311,16 @@ def smoke_grid(tmp_path_factory):
     spec = yaml.safe_load((ROOT / "params" / "grids" / "smoke.yaml").read_text())
     spec["steps"]["pretrain"]["params"].update(  # no curation here: 01 is tested on its own
         max_steps=4, data="synthetic", data_root="outputs/data/synthetic", data_size=28,
-        tasks=["breastmnist", "dermamnist", "pneumoniamnist"])
-    spec["steps"]["probe"]["params"].update(epochs=5, bootstrap=20, ci_rule="percentile")
+        tasks=["breastmnist", "dermamnist", "pneumoniamnist"], batch_size=16)
+    spec["steps"]["probe"]["params"].update(epochs=5, bootstrap=20, ci_rule="percentile",
+                                            tasks=["breastmnist", "dermamnist",
+                                                   "pneumoniamnist"])
     spec["axes"]["size"]["broken"] = {"pretrain": {"encoder": "nano", "max_steps": -1}}
-    spec["analysis"][0]["params"]["source"] = "runs"  # the reference fits are tested elsewhere
-    spec["analysis"][1]["params"].update(sample=20, n_boot=20)
+    spec["sweeps"] = [{"algorithm": ["dinov2", "mae"], "size": ["nano", "broken"],
+                       "data": "all"}, {"algorithm": "random", "size": "nano", "data": "all"}]
+    analysis = {a["notebook"]: a for a in spec["analysis"]}
+    analysis["04_scaling"]["params"].update(source="runs", n_boot=20)  # reference: elsewhere
+    analysis["05_task_properties"]["params"].update(sample=20, n_boot=20)
     path = root / "smoke.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     env = {**os.environ, "BIOVFM_OUTPUTS": str(outputs)}
@@ -302,15 +354,17 @@ def test_smoke_grid_runs_every_point_then_the_analysis(smoke_grid):
     g = smoke_grid
     assert g.resumed.returncode == 1, g.resumed.stdout[-3000:] + g.resumed.stderr[-3000:]
     statuses = g.after.set_index("id").status.to_dict()
-    good = [p for p in g.grid.points if p.axes["size"] == "nano"]
+    good = [p for p in g.grid.points if p.axes["size"] == "nano"
+            and p.axes["algorithm"] != "random"]
     broken = [p for p in g.grid.points if p.axes["size"] == "broken"]
-    assert {statuses[p.id] for p in good} == {"completed"}
+    (floor,) = [p for p in g.grid.points if p.axes["algorithm"] == "random"]
+    assert {statuses[p.id] for p in [*good, floor]} == {"completed"}
     assert {statuses[p.id] for p in broken} == {"failed"}
     assert statuses["04_scaling"] == statuses["05_task_properties"] == "completed"
     for point in broken:  # reported with the bad key, and nothing ran for it
         assert f"FAILED {point.id}" in g.resumed.stdout
         assert json.loads(g.after.set_index("id").run_ids[point.id]) == {}
-    assert "max_steps" in g.resumed.stdout and "2/4 points completed, 2 failed" in g.resumed.stdout
+    assert "max_steps" in g.resumed.stdout and "3/5 points completed, 2 failed" in g.resumed.stdout
     probe_ids = []
     for point in good:
         ids = json.loads(g.after.set_index("id").run_ids[point.id])
@@ -326,10 +380,17 @@ def test_smoke_grid_runs_every_point_then_the_analysis(smoke_grid):
                                   "results.parquet")
         assert results.checkpoint.eq(pretrain["export"]).all()
         probe_ids.append(ids["probe"])
+    floor_ids = json.loads(g.after.set_index("id").run_ids[floor.id])
+    assert list(floor_ids) == ["probe"]  # no pretraining, a probe of the random init
+    assert run_record(g.outputs, "03_probe", floor_ids["probe"])["parameters"]["checkpoint"] == ""
     scaling_id = json.loads(g.after.set_index("id").run_ids["04_scaling"])["04_scaling"]
     scaling = run_record(g.outputs, "04_scaling", scaling_id)
-    assert sorted(scaling["parameters"]["run_ids"]) == sorted(probe_ids)
-    slopes = pd.read_parquet(g.outputs / "runs" / "04_scaling" / scaling_id / "slopes.parquet")
+    assert sorted(scaling["parameters"]["run_ids"]) == sorted([*probe_ids, floor_ids["probe"]])
+    scaling_dir = g.outputs / "runs" / "04_scaling" / scaling_id
+    random_init = pd.read_parquet(scaling_dir / "random_init.parquet")
+    assert set(random_init["size"]) == {"nano"} and set(random_init.run_id) == {
+        floor_ids["probe"]} and len(random_init) == 3 * len(set(random_init.metric))
+    slopes = pd.read_parquet(scaling_dir / "slopes.parquet")
     from_runs = slopes[slopes.source == "runs"]
     assert set(from_runs.algorithm) == {"dinov2", "mae"}
     assert set(from_runs.axis) == {"model_size", "data_size:nano"}  # found via the sidecars
@@ -357,7 +418,7 @@ def test_killed_grid_resumes_only_the_missing_points(smoke_grid):
     g = smoke_grid
     assert g.killed_at is not None, g.log[-3000:]
     done_then = g.killed_at[(g.killed_at.kind == "point") & (g.killed_at.status == "completed")]
-    assert list(done_then.slug) == ["dinov2-nano"]  # killed mid-way: mae-nano not yet done
+    assert list(done_then.slug) == ["dinov2-nano-all"]  # killed mid-way: mae not yet done
     first = json.loads(done_then.run_ids.iloc[0])
     assert json.loads(g.after.set_index("id").run_ids[done_then.id.iloc[0]]) == first
     tagged = [r for r in (g.outputs / "runs" / "02_pretrain").iterdir()
@@ -385,6 +446,7 @@ def test_index_page_links_every_report_and_shows_the_failed_points(smoke_grid):
             assert f"runs/{notebook}/{run_id}/{notebook}.html" in links, key
     scaling_id = json.loads(table.run_ids["04_scaling"])["04_scaling"]
     assert f"runs/04_scaling/{scaling_id}/figures/mean_auc.png" in links
+    assert "they are not findings about medical images" in text  # beside the synthetic figure
     rows = re.findall(r"<tr>.*?</tr>", text, re.DOTALL)
     for point in g.grid.points:
         (row,) = [r for r in rows if f">{point.slug}</td>" in r]

@@ -67,3 +67,40 @@ def test_named_corpus_subsets_compose_with_the_run_subset(tmp_path):
     assert points.loc["a", ["data_subset", "modality_subset"]].tolist() == ["f0.5 of f0.1", "all"]
     assert points.loc["b", ["data_subset", "modality_subset"]].tolist() == ["full", "ultrasound"]
     assert points.loc["c", ["data_subset", "modality_subset"]].tolist() == ["unknown:gone"] * 2
+
+
+def test_random_initialisations_become_the_floor_at_their_size(tmp_path):
+    from biovfm_lib.analysis.inputs import BASELINE_COLUMNS, baseline_points
+    from biovfm_lib.analysis.scaling import gain_over_random
+    from biovfm_lib.models.sizes import STUDY_PARAMS
+
+    ckpt = tmp_path / "backbone.safetensors"
+    ckpt.write_bytes(b"")
+    ckpt.with_suffix(".json").write_text(json.dumps({
+        "algorithm": "mae", "size": "nano", "n_params": 500_000, "data_subset": {
+            "fraction": 1.0, "count": None, "modalities": None}}))
+    rows = [{"run_id": r, "notebook": "03_probe", "status": "completed", "encoder": size,
+             "checkpoint": c, "task": task, "split": split, "metric": "auc", "value": v,
+             "data_source": "synthetic"}
+            for r, c, size, values in (
+                ("pre", str(ckpt), "nano", {"dermamnist": 0.8, "bloodmnist": 0.9}),
+                ("r1", "", "nano", {"dermamnist": 0.6, "bloodmnist": 0.7}),
+                ("r2", "", "nano", {"dermamnist": 0.7}),  # a second seed of one task
+                ("r3", "", "pico", {"dermamnist": 0.55}))
+            for task, v in values.items() for split in ("val", "test")]
+    results = pd.DataFrame(rows)
+    floor = baseline_points(results)
+    assert list(floor.columns) == BASELINE_COLUMNS and len(floor) == 3
+    derma = floor.set_index(["size", "task"]).loc[("nano", "dermamnist")]
+    assert derma.value == pytest.approx(0.65) and derma.run_id == "r1,r2"  # runs averaged
+    assert derma.params_study_m == STUDY_PARAMS["nano"] / 1e6
+    assert list(baseline_points(results, run_ids=["pre", "r3"])["size"]) == ["pico"]
+    assert baseline_points(results, run_ids=["pre"]).empty  # no random init among the runs
+
+    gains = gain_over_random(probe_points(results), floor)
+    (row,) = gains.itertuples()
+    assert (row.algorithm, row.size, row.n_tasks) == ("mae", "nano", 2)
+    assert row.pretrained == pytest.approx(0.85) and row.random_init == pytest.approx(0.675)
+    assert row.gain == pytest.approx(0.175)
+    no_floor = gain_over_random(probe_points(results), floor[floor["size"] == "pico"])
+    assert no_floor.empty  # a size with no random init has no gain to state

@@ -29,6 +29,9 @@ def test_notebook_is_stored_clean(path):
     assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0], "one parameters cell, the first code cell"
+    raw = json.loads(path.read_text())["cells"]  # nbformat.read fills missing ids in silence
+    ids = [c.get("id") for c in raw]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell needs its own id (nbformat 4.5)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -78,6 +81,27 @@ def test_probe_notebook_smoke_run(isolated_outputs):
     assert {p.name for p in (run_dir / "figures").iterdir()} >= {
         "metrics_test.png", "metrics_test.svg", "training_curves.png"}
     assert len(list((run_dir / "predictions").glob("*.npz"))) == 12
+
+
+@pytest.mark.slow
+def test_probe_notebook_beyond_smoke_run(isolated_outputs):
+    """kNN, label efficiency, seeds and a probe per block, all on in one smoke run."""
+    run_dir = run_notebook("03_probe", "params/probe/smoke_beyond.yaml", isolated_outputs,
+                           "-p", "data_root", str(isolated_outputs / "synthetic"))
+    df = pd.read_parquet(run_dir / "results.parquet")
+    test = df[(df.split == "test") & (df.metric == "auc")]
+    main = test[test["main"]]
+    assert len(main) == 3 and main.protocol.eq("cached").all() and main.layer.eq(3).all()
+    assert set(test.probe) == {"linear", "knn"} and set(test.layer) == {0, 1, 2, 3}
+    assert sorted(test[test.probe == "linear"].run_seed.unique()) == [0, 1, 2]
+    assert set(test.label_setting) == {"all", "f0.05", "f0.2", "1-shot", "5-shot"}
+    assert set(test.label_draw) == {0, 1} and test.value.between(0, 1).all()
+    knn = test[(test.probe == "knn") & (test.label_setting == "all")]
+    assert len(knn) == 3 * 4 and knn.best_k.isin([5, 10]).all() and knn.ci_low.notna().all()
+    html = (run_dir / "03_probe.html").read_text()
+    assert "mean +- sd over seeds" in html and "knn (cached)" in html
+    assert {"label_efficiency.png", "metric_by_layer.png", "metrics_test.png"} <= {
+        p.name for p in (run_dir / "figures").iterdir()}
 
 
 @pytest.mark.slow

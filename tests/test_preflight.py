@@ -41,7 +41,7 @@ def test_real_medmnist_files_that_are_absent(isolated_outputs, tmp_path, capsys)
 
 def test_the_smoke_grid_before_curation(isolated_outputs, capsys) -> None:
     code, err = _run(["grid", "params/grids/smoke.yaml"], capsys)
-    assert code == 2 and "point dinov2-nano" in err and "01_curation" in err
+    assert code == 2 and "point dinov2-nano-all" in err and "01_curation" in err
     assert not (isolated_outputs / "runs").exists()
 
 

@@ -9,7 +9,8 @@ from biovfm_lib import runs
 from biovfm_lib.models.checkpoints import export_backbone
 from biovfm_lib.params import ProbeParams
 from biovfm_lib.probe.metrics import METRICS
-from biovfm_lib.probe.pipeline import RESULT_COLUMNS, absence_note, build_encoder, run_probe
+from biovfm_lib.probe.pipeline import RESULT_COLUMNS, build_encoder, run_probe
+from biovfm_lib.probe.scoring import absence_note
 from biovfm_lib.probe.thresholds import choose_thresholds
 
 TASKS = ["dermamnist", "chestmnist", "breastmnist"]  # multi-class, multi-label, binary

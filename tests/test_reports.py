@@ -132,3 +132,16 @@ def test_report_header_states_data_commit_parameters_and_folds_code(isolated_out
 ])
 def test_data_description_says_real_or_synthetic_and_which_subset(record, expected):
     assert data_description(record) == expected
+
+
+def test_mean_auc_on_the_index_counts_the_main_probe_only(isolated_outputs):
+    from biovfm_lib.reports import build_index
+
+    probe = make_run("03_probe", "completed", data_source="synthetic")
+    runs.write_table(pd.DataFrame({  # a kNN row and a 1-shot row must not move the headline
+        "task": ["a", "b", "a", "a"], "split": ["test"] * 4, "metric": ["auc"] * 4,
+        "value": [0.7, 0.9, 0.2, 0.1], "probe": ["linear", "linear", "knn", "linear"],
+        "main": [True, True, False, False]}), probe / "results.parquet")
+    rows = [r for r in re.findall(r"<tr>.*?</tr>", build_index().read_text(), re.DOTALL)
+            if probe.name in r]
+    assert rows and all("0.800" in r and "0.475" not in r for r in rows)  # 0.475: all rows

@@ -21,7 +21,7 @@ lists intersect. A sidecar without a subset record gets ``unknown`` for both lab
 that names a subset without its definition ``unknown:<name>``, rather than a guess.
 
 ``params_study_m`` is the study's x-axis (the MAE pretraining model's trainable parameters at
-the checkpoint's size, :data:`biovfm_lib.models.factory.STUDY_PARAMS`): sidecars record it at
+the checkpoint's size, :data:`biovfm_lib.models.sizes.STUDY_PARAMS`): sidecars record it at
 export, and one written before they did gets it from its ``size``, so runs and the study's
 published slopes are fitted on one scale.
 
@@ -37,11 +37,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from biovfm_lib.models.sizes import study_params_m
 from biovfm_lib.params import LEGACY_RECIPES
 from biovfm_lib.runs import collect_results
 
 POINT_COLUMNS = ["source", "algorithm", "recipe", "size", "task", "metric", "value",
-                 "params_total_m", "params_encoder_m", "params_study_m", "images_seen", "n_train_images",
+                 "params_total_m", "params_encoder_m", "params_study_m", "images_seen",
+                 "n_train_images",
                  "data_subset", "modality_subset", "data_source", "checkpoint", "run_id"]
 
 NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "params_study_m",
@@ -61,8 +63,6 @@ def study_x(meta: dict) -> float:
     """The study's x (M parameters) of a sidecar: its own record, else derived from its size."""
     if meta.get("params_study_m") is not None:
         return float(meta["params_study_m"])
-    from biovfm_lib.models.factory import study_params_m  # timm/torch: only once runs exist
-
     return study_params_m(meta.get("size"))
 
 
@@ -110,17 +110,27 @@ def _labels(checkpoint: str, meta: dict) -> tuple[str, str]:
     return subset_labels(record, list(named.values()))
 
 
+def main_probe(results: pd.DataFrame) -> pd.Series:
+    """Which rows are a probe run's main probe, the only ones fits and headline numbers pool:
+    its kNN, label-subset, extra-seed and other-block rows are other evaluations (``main``
+    False), and results written before ``main`` existed hold nothing else."""
+    if "main" not in results:
+        return pd.Series(True, index=results.index)
+    return results["main"].fillna(True).astype(bool)
+
+
 def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
                  ) -> pd.DataFrame:
     """Test-split metrics of completed 03_probe runs of this project's exported checkpoints.
 
     Runs of random initialisations or foreign checkpoints carry no algorithm or size and are
-    left out; ``run_ids`` narrows the runs.
+    left out; ``run_ids`` narrows the runs; only a run's main probe counts (:func:`main_probe`).
     """
     results = collect_results("results") if results is None else results
     if results.empty:
         return pd.DataFrame(columns=POINT_COLUMNS).astype(NUMERIC)
-    df = results[(results.notebook == "03_probe") & (results.split == "test")]
+    df = results[(results.notebook == "03_probe") & (results.split == "test")
+                 & main_probe(results)]
     if run_ids:
         df = df[df.run_id.isin(run_ids)]
     meta = {c: sidecar(c) for c in df.checkpoint.unique()}
@@ -144,3 +154,30 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
         "data_source": df.data_source.to_numpy(),
         "checkpoint": df.checkpoint.to_numpy(), "run_id": df.run_id.to_numpy(),
     }, columns=POINT_COLUMNS).astype(NUMERIC)
+
+
+BASELINE_COLUMNS = ["size", "task", "metric", "value", "params_study_m", "data_source",
+                    "run_id"]
+
+
+def baseline_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
+                    ) -> pd.DataFrame:
+    """Test-split metrics of completed 03_probe runs of random initialisations, the floor a
+    pretrained checkpoint's gain is read against; one row per size, task and metric (the
+    mean where several runs probed one size), at the size's study x so it sits on the
+    scaling figures' axis. ``run_ids`` narrows the runs as for :func:`probe_points`."""
+    results = collect_results("results") if results is None else results
+    if results.empty:
+        return pd.DataFrame(columns=BASELINE_COLUMNS)
+    df = results[(results.notebook == "03_probe") & (results.split == "test")
+                 & main_probe(results) & (results.checkpoint.fillna("") == "")]
+    if run_ids:
+        df = df[df.run_id.isin(run_ids)]
+    if df.empty:
+        return pd.DataFrame(columns=BASELINE_COLUMNS)
+    rows = (df.groupby(["encoder", "task", "metric"], as_index=False)
+            .agg(value=("value", "mean"), data_source=("data_source", "first"),
+                 run_id=("run_id", lambda ids: ",".join(sorted(set(ids))))))
+    rows = rows.rename(columns={"encoder": "size"})
+    rows["params_study_m"] = [study_params_m(s) for s in rows["size"]]
+    return rows[BASELINE_COLUMNS]

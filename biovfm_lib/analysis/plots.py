@@ -65,12 +65,19 @@ def _size_axis(ax: plt.Axes, sizes: pd.Series) -> None:
         ax.set_xlim(values[0] / 1.5, values[0] * 1.5)
 
 
-def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.Figure:
-    """Mean metric over tasks against size per curve; runs solid, reference dashed."""
+def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc",
+                      random_init: pd.DataFrame | None = None) -> plt.Figure:
+    """Mean metric over tasks against size per curve; runs solid, reference dashed; random
+    initialisations (:func:`biovfm_lib.analysis.inputs.baseline_points`) as grey crosses at
+    their sizes, so a gain from pretraining reads as the height above them."""
     df = points[(points.metric == metric) & points[x].notna()]
     if df.empty:
         return _empty(f"no {metric} points with {x}")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    floor = _random_init(random_init, metric, x)
+    if len(floor):
+        mean = floor.groupby(x).value.mean()
+        ax.plot(mean.index, mean.values, "x:", color="grey", label="random init")
     markers = _styles(df)
     for (source, algo, data, modality), g in df.groupby(CURVE):
         mean = g.groupby(x).value.mean()
@@ -78,7 +85,7 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.
                 ls="-" if source == "runs" else "--", color=COLORS.get(algo),
                 mfc=None if source == "runs" else "none",
                 label=curve_label(source, algo, data, modality))
-    _size_axis(ax, df[x])
+    _size_axis(ax, pd.concat([df[x], floor[x]]))
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
     ax.legend(fontsize=7)
@@ -87,10 +94,12 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc") -> plt.
 
 
 def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric: str = "auc",
-                     baseline: pd.DataFrame | None = None) -> plt.Figure:
-    """One panel per task: points, the fitted power law per curve, and a baseline line
-    (BiomedCLIP)."""
+                     baseline: pd.DataFrame | None = None,
+                     random_init: pd.DataFrame | None = None) -> plt.Figure:
+    """One panel per task: points, the fitted power law per curve, a baseline line
+    (BiomedCLIP) and random initialisations as grey crosses."""
     df = points[(points.metric == metric) & points[x].notna()]
+    floor = _random_init(random_init, metric, x)
     tasks = sorted(df.task.unique())
     if not tasks:
         return _empty(f"no {metric} points with {x}")
@@ -117,7 +126,10 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
             b = baseline[(baseline.task == task) & (baseline.metric == metric)]
             if len(b):
                 ax.axhline(b.value.iloc[0], color="grey", ls=":", lw=1, label="BiomedCLIP")
-        _size_axis(ax, df.loc[df.task == task, x])
+        r = floor[floor.task == task].sort_values(x)
+        if len(r):
+            ax.plot(r[x], r.value, "x:", color="grey", ms=4, label="random init")
+        _size_axis(ax, pd.concat([df.loc[df.task == task, x], r[x]]))
         ax.set_title(_short(task), fontsize=9)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")
@@ -125,6 +137,15 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
     fig.supxlabel(x)
     fig.tight_layout()
     return fig
+
+
+def _random_init(random_init: pd.DataFrame | None, metric: str, x: str) -> pd.DataFrame:
+    """The random-initialisation rows of ``metric`` placed on ``x`` (only the study's x is
+    defined for an encoder that was never pretrained; none on another axis)."""
+    if random_init is None or x not in random_init:
+        return pd.DataFrame(columns=["task", "value", x])
+    rows = random_init[(random_init.metric == metric) & random_init[x].notna()]
+    return rows[["task", "value", x]]
 
 
 def _empty(message: str) -> plt.Figure:

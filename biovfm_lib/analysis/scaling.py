@@ -383,3 +383,26 @@ def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     table = mean.pivot_table(index=keys, columns="modality_subset", values="value")
     table.attrs["n_tasks"] = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
     return table
+
+
+def gain_over_random(points: pd.DataFrame, random_init: pd.DataFrame, metric: str = "auc"
+                     ) -> pd.DataFrame:
+    """Mean test ``metric`` of each checkpoint group (algorithm, size, data and modality
+    subset) beside the random initialisation of its size, over the tasks both were probed on:
+    a scaling slope says nothing about whether pretraining helped at all, this table does.
+    Groups whose size has no random-initialisation run are left out."""
+    keys = ["algorithm", *([RECIPE] if RECIPE in points else []), "size", "data_subset",
+            "modality_subset"]
+    runs_ = points[(points["source"] == "runs") & (points["metric"] == metric)]
+    floor = random_init[random_init["metric"] == metric]
+    rows = []
+    for key, g in runs_.groupby(keys, dropna=False):
+        group = dict(zip(keys, key))
+        base = floor[floor["size"] == group["size"]].set_index("task")["value"]
+        per_task = g.groupby("task")["value"].mean()
+        tasks = per_task.index.intersection(base.index)
+        if len(tasks):
+            rows.append({**group, "n_tasks": len(tasks), "pretrained": per_task[tasks].mean(),
+                         "random_init": base[tasks].mean()})
+    table = pd.DataFrame(rows, columns=[*keys, "n_tasks", "pretrained", "random_init"])
+    return table.assign(gain=table["pretrained"] - table["random_init"])

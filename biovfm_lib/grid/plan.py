@@ -15,7 +15,6 @@ def describe(grid: Grid, force: bool = False, only: Sequence[str] = ()) -> str:
     Parameters are validated here too, so a dry run catches a bad value before any compute."""
     state = GridState(grid)
     points = [grid.point(k) for k in only] if only else list(grid.points)
-    names = list(grid.step_names)
     axes = " x ".join(f"{a} ({len(v)})" for a, v in grid.axes.items())
     lines = [f"grid {grid.name} ({grid.path}): {len(grid.points)} points over {axes}",
              f"state: {state.dir}"]
@@ -27,7 +26,7 @@ def describe(grid: Grid, force: bool = False, only: Sequence[str] = ()) -> str:
         invalid = point.validate()
         if invalid:
             verdict = "INVALID"
-        elif not force and state.point_completed(record, names):
+        elif not force and state.point_completed(record, point.step_names):
             verdict = "skip"
         else:
             verdict, to_run = "run", to_run + 1

@@ -103,7 +103,7 @@ def run_point(grid: Grid, point: Point, force: bool, start: float, echo: Echo = 
               execute: Execute | None = None) -> dict[str, Any] | None:
     """Run one point's steps (skipping finished ones) under its lock; return its record."""
     state = GridState(grid)
-    names = [s.name for s in point.steps]
+    names = point.step_names
     with state.lock(point.id) as mine:
         if not mine:
             _announce(state, start, echo, f"{point.slug}: running in another process, skipped")
@@ -207,9 +207,10 @@ def analysis_plan(state: GridState) -> list[tuple[Step, str, int, bool]]:
     """Each analysis step with its fingerprint (the completed points' run ids and the step's
     own parameters), the number of completed points, and whether its last run is current."""
     grid = state.grid
-    done = [state.point(p.id) for p in grid.points]
-    done = [r for r in done if state.point_completed(r, list(grid.step_names))]
-    runs_by_step = {n: [r["steps"][n]["run_id"] for r in done] for n in grid.step_names}
+    done = [r for p in grid.points
+            if state.point_completed(r := state.point(p.id), p.step_names)]
+    runs_by_step = {n: [r["steps"][n]["run_id"] for r in done if n in r["steps"]]
+                    for n in grid.step_names}
     plan = []
     for step in grid.analysis_steps(runs_by_step):
         key = json.dumps([runs_by_step, step.notebook, step.values()], sort_keys=True,

@@ -34,7 +34,6 @@ def submit(grid: Grid, force: bool = False, only: Sequence[str] = (), sbatch: st
     """Submit every point that is neither completed, running nor already submitted (unless
     ``force``), then the analysis; return the job ids (none on a dry run)."""
     state = GridState(grid)
-    names = list(grid.step_names)
     points = [grid.point(k) for k in only] if only else list(grid.points)
     base = [sbatch, "--parsable", f"--chdir={runs.project_root()}",
             *sbatch_options(grid.slurm)]
@@ -42,7 +41,7 @@ def submit(grid: Grid, force: bool = False, only: Sequence[str] = (), sbatch: st
     jobs, waiting = [], []
     for point in points:
         record = state.point(point.id) or {}
-        if not force and (state.point_completed(record, names)
+        if not force and (state.point_completed(record, point.step_names)
                           or record.get("status") in ("running", "submitted")):
             echo(f"{point.slug}: {record['status']}, not submitted")
             if record.get("status") != "completed" and record.get("slurm_job"):

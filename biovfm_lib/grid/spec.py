@@ -1,7 +1,9 @@
 """Grid files: the scaling study as data, expanded into points with stable ids.
 
 A grid file (``params/grids/NAME.yaml``) names the notebooks every point runs (``steps``), the
-``axes`` and what each axis value sets, optional ``sweeps`` (which combinations run), the
+``axes`` and what each axis value sets (or ``skip``, for a step its points leave out: a
+random-initialisation baseline probes without pretraining), optional ``sweeps`` (which
+combinations run), the
 ``analysis`` notebooks run once over all points, and ``slurm`` options. A point's id hashes
 the notebooks and merged parameters it runs, so an edited parameter file or axis value gives
 a new point instead of silently reusing an old result, and the same point in two grid files is
@@ -32,6 +34,7 @@ STATUS_COLUMNS = ("grid", "kind", "id", "slug", "axes", "status", "step", "run_i
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RUNS_PLACEHOLDER = re.compile(r"^\{runs:([A-Za-z0-9_]+)\}$")
+SKIP = "skip"  # an axis value's setting for a step its points do not run
 
 
 class GridError(ValueError):
@@ -74,7 +77,11 @@ class Point:
     id: str
     slug: str
     axes: dict[str, str]  # axis name -> value label
-    steps: tuple[Step, ...]
+    steps: tuple[Step, ...]  # the grid's steps less those an axis value skips
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.steps]
 
     def validate(self) -> str | None:
         errors = [f"{s.name} ({s.notebook}): {e}" for s in self.steps if (e := s.validate())]
@@ -201,7 +208,8 @@ def _step(raw: Any, where: str, key: str, known: tuple[str, ...]) -> dict[str, A
 
 
 def _axes(raw: Any, steps: Mapping[str, Any], where: str) -> dict[str, dict[str, dict]]:
-    """``axis: {label: {step: {param: value, file: path}}}``, checked against the steps."""
+    """``axis: {label: {step: {param: value, file: path} | skip}}``, checked against the
+    steps."""
     _mapping(raw, where, "axes")
     if not raw:
         raise GridError(f"{where}: axes: give at least one axis with one value")
@@ -225,6 +233,11 @@ def _axes(raw: Any, steps: Mapping[str, Any], where: str) -> dict[str, dict[str,
                 if step not in steps:
                     raise GridError(f"{where}: {key}.{step}: no such step; steps: "
                                     f"{list(steps)}")
+                if values_ == SKIP:
+                    continue
+                if isinstance(values_, str):
+                    raise GridError(f"{where}: {key}.{step}: {values_!r}: give the step's "
+                                    f"parameters as a mapping, or {SKIP!r} to leave it out")
                 _mapping(values_, where, f"{key}.{step}")
                 if values_.get("file") is not None:
                     _check_file(values_["file"], where, f"{key}.{step}.file")
@@ -262,8 +275,16 @@ def _point(grid: str, steps: Mapping[str, dict], axes: Mapping[str, Mapping[str,
            combo: Mapping[str, str], where: str) -> Point:
     slug = "-".join(combo.values())
     names = {"grid": grid, "slug": slug, "point": "{point}", **combo}
+    # a skipped step ignores what other axes set for it (the size axis sets pretraining's
+    # encoder; a baseline that skips pretraining takes only the probe's)
+    skipped = {name for axis, label in combo.items()
+               for name, sets in axes[axis][label].items() if sets == SKIP}
+    if skipped >= set(steps):
+        raise GridError(f"{where}: point {slug}: its axis values skip every step")
     resolved = []
     for name, step in steps.items():
+        if name in skipped:
+            continue
         file, params, set_by = step["file"], dict(step["params"]), {}
         for axis, label in combo.items():
             for key, value in (axes[axis][label].get(name) or {}).items():

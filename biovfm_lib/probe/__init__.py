@@ -1,1 +1,2 @@
-"""Linear probing: feature extraction and cache, linear heads, metrics."""
+"""Probing frozen encoders: features of any block and their cache, linear and kNN probes,
+label subsets, metrics."""

@@ -3,7 +3,11 @@
 Features follow the official BioVFM probe: the mean of the last block's patch tokens (no CLS,
 no register tokens), before the model's own final norm, through the study's fresh
 ``LayerNorm(eps=1e-6)`` (weight 1, bias 0, frozen: a LayerNorm without affine parameters). The
-``cls`` option uses the CLS token after the model's final norm instead.
+``cls`` option uses the CLS token after the model's final norm instead, and ``last4_avgpool``
+is DINOv2's linear-evaluation feature (``dinov2/eval/linear.py``): the CLS tokens of the last 4
+blocks and the mean of the last block's patch tokens, every token through the final norm.
+Any block's features come from the same code (:func:`encode_layers`), so several blocks cost
+one forward pass and the last block's are the same numbers whether asked for alone or not.
 Precision ``auto`` extracts under bf16 autocast on GPU and in fp32 on CPU; the study extracted
 in fp32 everywhere (``fp32``). ``bf16`` is allowed on CPU too: slow there, but it shows what
 bf16 does to the features on a machine without a GPU.
@@ -14,26 +18,26 @@ import hashlib
 import io
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from biovfm_lib.data.transforms import to_model_input
+from biovfm_lib.models.pooling import mean_patch
 from biovfm_lib.runs import atomic_write_bytes, atomic_write_json
 
-FeatureKind = Literal["mean_patch", "cls"]
+FeatureKind = Literal["mean_patch", "cls", "last4_avgpool"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 # Bumped whenever the features of the same encoder and images change, so a cache never serves
 # an older definition: 2 = pooled LayerNorm eps 1e-6 (the study's) instead of torch's 1e-5.
 FEATURE_VERSION = 2
-LAYER_NORM_EPS = 1e-6
+LAST_N_BLOCKS = 4  # the blocks whose CLS tokens DINOv2's linear evaluation concatenates
 
 
 def feature_precision(precision: Precision, device: torch.device) -> Literal["bf16", "fp32"]:
@@ -66,34 +70,86 @@ def backbone_training(model: torch.nn.Module, train: bool) -> Iterator[torch.nn.
         model.train(was_training)
 
 
+def block_count(model: torch.nn.Module) -> int:
+    """The number of transformer blocks of a timm ViT; block indices run from 0."""
+    return len(model.blocks)
+
+
+def blocks_read(layer: int, kind: FeatureKind) -> list[int]:
+    """The blocks whose outputs the ``kind`` feature of block ``layer`` is made of."""
+    if kind != "last4_avgpool":
+        return [layer]
+    if 0 <= layer < LAST_N_BLOCKS - 1:
+        raise ValueError(f"features 'last4_avgpool' needs {LAST_N_BLOCKS} blocks up to block "
+                         f"{layer}, which has only {layer + 1}")
+    return list(range(layer - LAST_N_BLOCKS + 1, layer + 1))
+
+
+@torch.no_grad()
+def encode_layers(model: torch.nn.Module, x: torch.Tensor, layers: Sequence[int],
+                  kind: FeatureKind = "mean_patch") -> dict[int, torch.Tensor]:
+    """Features of blocks ``layers`` of a normalised image batch, from one forward pass.
+
+    Negative indices count from the last block, as in timm (-1: the last); one call takes
+    either kind, since timm returns the blocks in network order."""
+    if kind != "mean_patch" and getattr(model, "cls_token", None) is None:
+        raise ValueError(f"features={kind!r} needs a model with a CLS token")
+    taken = sorted({b for layer in layers for b in blocks_read(layer, kind)})
+    if taken[0] < 0 <= taken[-1]:
+        raise ValueError(f"block indices {list(layers)}: all from the first block or all "
+                         "from the last, not both")
+    outputs = model.forward_intermediates(
+        x, indices=taken, norm=False, output_fmt="NLC", intermediates_only=True,
+        return_prefix_tokens=True, stop_early=True)
+    # per block: (patch tokens, prefix tokens); a model without prefix tokens returns patches
+    tokens = {b: out if isinstance(out, tuple) else (out, None) for b, out in zip(taken, outputs)}
+    return {layer: _pooled(model, tokens, layer, kind) for layer in layers}
+
+
+def _pooled(model: torch.nn.Module, tokens: dict[int, tuple[torch.Tensor, Any]], layer: int,
+            kind: FeatureKind) -> torch.Tensor:
+    patches, prefix = tokens[layer]
+    if kind == "mean_patch":  # the study's: before the final norm, then a fresh LayerNorm
+        return mean_patch(patches)
+    if kind == "cls":
+        return model.norm(prefix[:, 0]).float()
+    cls = [model.norm(tokens[b][1][:, 0]) for b in blocks_read(layer, kind)]
+    return torch.cat([*cls, model.norm(patches).mean(dim=1)], dim=-1).float()
+
+
 @torch.no_grad()
 def encode(model: torch.nn.Module, x: torch.Tensor, kind: FeatureKind = "mean_patch"
            ) -> torch.Tensor:
-    """Features of a normalised image batch from a frozen timm ViT."""
-    if kind == "cls":
-        if getattr(model, "cls_token", None) is None:
-            raise ValueError("features='cls' needs a model with a CLS token")
-        return model.forward_features(x)[:, 0].float()
-    (last,) = model.forward_intermediates(
-        x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True)
-    pooled = last.float().mean(dim=1)
-    return F.layer_norm(pooled, pooled.shape[-1:], eps=LAYER_NORM_EPS)
+    """Features of a normalised image batch from a frozen timm ViT (its last block's)."""
+    return encode_layers(model, x, [-1], kind)[-1]
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
-                     kind: FeatureKind = "mean_patch", batch_size: int = 256,
-                     desc: str = "features", precision: Precision = "auto") -> np.ndarray:
-    """Features of uint8 MedMNIST images, in order, as float32 (N, D), in eval mode."""
+def extract_layer_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
+                           layers: Sequence[int], kind: FeatureKind = "mean_patch",
+                           batch_size: int = 256, desc: str = "features",
+                           precision: Precision = "auto") -> dict[int, np.ndarray]:
+    """Per block, features of uint8 MedMNIST images, in order, as float32 (N, D), in eval
+    mode: every block from the same forward pass of each batch."""
     model.eval()
-    out = []
+    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
                       mininterval=2.0):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
         x = to_model_input(batch.to(device, non_blocking=True))
         with autocast_for(device, precision):
-            out.append(encode(model, x, kind).cpu())
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
+            for layer, feats in encode_layers(model, x, layers, kind).items():
+                out[layer].append(feats.cpu())
+    return {layer: torch.cat(parts).numpy().astype(np.float32, copy=False)
+            for layer, parts in out.items()}
+
+
+def extract_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
+                     kind: FeatureKind = "mean_patch", batch_size: int = 256,
+                     desc: str = "features", precision: Precision = "auto") -> np.ndarray:
+    """Features of uint8 MedMNIST images, in order, as float32 (N, D), in eval mode."""
+    return extract_layer_features(model, images, device, [-1], kind, batch_size, desc,
+                                  precision)[-1]
 
 
 def file_identity(path: Path) -> dict[str, Any]:

@@ -8,7 +8,9 @@ Two protocols share everything but the training features:
   without augmentation, in eval mode, and cached on disk, so heads for several learning rates
   train in seconds; ``backbone_mode`` does not apply (the results record ``eval``).
 Validation and test features never see augmentation, come from the backbone in eval mode and
-are cached in both protocols.
+are cached in both protocols. The evaluations beyond the main probe (kNN, label efficiency,
+seeds, blocks: :mod:`biovfm_lib.probe.beyond`) need cached training features too, and add rows
+beside the main probe's, which stay as they were.
 """
 from __future__ import annotations
 
@@ -33,15 +35,16 @@ from biovfm_lib.models.stochastic_depth import (
     study_drop_path_rate,
 )
 from biovfm_lib.params import ProbeParams
+from biovfm_lib.probe.beyond import BEYOND_COLUMNS, beyond_enabled, beyond_rows, main_tags
 from biovfm_lib.probe.features import (
     FeatureCache,
     autocast_for,
     backbone_training,
+    block_count,
     encode,
-    extract_features,
     feature_precision,
-    file_identity,
 )
+from biovfm_lib.probe.layers import check_feature_blocks, layer_features, probed_layers
 from biovfm_lib.probe.linear import (
     Batches,
     HeadBias,
@@ -51,18 +54,13 @@ from biovfm_lib.probe.linear import (
     targets,
     train_drop_last,
 )
-from biovfm_lib.probe.metrics import (
-    METRICS,
-    Interval,
-    absent_classes,
-    bootstrap_metrics,
-    compute_metrics,
-)
-from biovfm_lib.probe.thresholds import choose_thresholds
+from biovfm_lib.probe.scoring import score_rows
 from biovfm_lib.runs import atomic_write_bytes, resolve, write_table
 
 RESULT_COLUMNS = ["encoder", "checkpoint", "task", "split", "metric", "value", "ci_low",
                   "ci_high", "n"]
+# then, in this order: the fit, the run's settings, the columns the evaluations beyond added
+FIT_COLUMNS = ["best_lr", "best_epoch", "boot_mean", "note"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,25 +147,21 @@ def augmented_batches(model: torch.nn.Module, images: np.ndarray, y: torch.Tenso
 
 def cached_features(enc: LoadedEncoder, identity: dict, data: TaskData, split: str,
                     p: ProbeParams, device: torch.device, cache: FeatureCache) -> np.ndarray:
-    made_from = {"encoder": identity, "data": file_identity(data.file), "flag": data.flag,
-                 "split": split, "size": p.size, "features": p.features,
-                 "precision": feature_precision(p.precision, device)}
-    key = cache.key(**made_from)
-    feats = cache.get(key, rows=len(data.images[split]))
-    if feats is None:
-        feats = extract_features(enc.model, data.images[split], device, p.features,
-                                 p.extract_batch_size, desc=f"{data.flag} {split}",
-                                 precision=p.precision)
-        cache.put(key, feats, **made_from)  # the sidecar records what the key hashed
-    return feats
+    """The main probe's features of one split (the last block's), cached."""
+    last = block_count(enc.model) - 1
+    return layer_features(enc, identity, data, split, p, device, cache, [last])[last]
 
 
 def probe_task(enc: LoadedEncoder, identity: dict, data: TaskData, p: ProbeParams,
                device: torch.device, cache: FeatureCache, label: str) -> TaskProbe:
-    """Fit, select and evaluate the linear probe of one task."""
-    splits = SPLITS if p.protocol == "cached" else ("val", "test")
-    feats = {s: torch.from_numpy(cached_features(enc, identity, data, s, p, device, cache))
-             for s in splits}
+    """Fit, select and evaluate the linear probe of one task, and the evaluations beyond it."""
+    last = block_count(enc.model) - 1
+    layers = probed_layers(p.layers, last + 1)
+    beyond = beyond_enabled(p)
+    splits = SPLITS if p.protocol == "cached" or beyond else ("val", "test")
+    blocks = {s: layer_features(enc, identity, data, s, p, device, cache, layers)
+              for s in splits}
+    feats = {s: torch.from_numpy(blocks[s][last]) for s in splits}
     ys = {s: targets(data.labels[s], data.multilabel) for s in SPLITS}
     if p.protocol == "cached":
         train = feature_batches(feats["train"], ys["train"], p.batch_size, p.seed)
@@ -177,38 +171,18 @@ def probe_task(enc: LoadedEncoder, identity: dict, data: TaskData, p: ProbeParam
                            p.lrs, p.epochs, p.weight_decay, device, p.seed, desc=data.flag,
                            head_bias=head_bias(enc))
     scores = {s: predict(fit.head, feats[s], data.multilabel) for s in ("val", "test")}
-    thresholds = choose_thresholds(data.labels["val"], scores["val"], data.task,
-                                   rule=p.threshold_rule)
-
-    rows = []
-    for split in ("val", "test"):
-        y_true = data.labels[split]
-        values = compute_metrics(y_true, scores[split], data.task, thresholds)
-        cis = bootstrap_metrics(y_true, scores[split], data.task, thresholds,
-                                n_boot=p.bootstrap, seed=p.seed, rule=p.ci_rule
-                                ) if p.bootstrap else {}
-        note = absence_note(absent_classes(y_true, data.task, data.n_classes), split)
-        for metric in METRICS:
-            ci = cis.get(metric, Interval(np.nan, np.nan, np.nan))
-            rows.append({
-                "encoder": label, "checkpoint": enc.source, "task": data.flag, "split": split,
-                "metric": metric, "value": values[metric], "ci_low": ci.low,
-                "ci_high": ci.high, "n": len(y_true), "best_lr": fit.lr,
-                "best_epoch": fit.epoch, "boot_mean": ci.mean, "note": note,
-            })
+    split_rows, thresholds = score_rows(data, scores, p)
+    head = {"encoder": label, "checkpoint": enc.source, "task": data.flag}
+    tags = main_tags(p, last, len(data.labels["train"]))
+    rows = [{**head, **r, "best_lr": fit.lr, "best_epoch": fit.epoch, **tags}
+            for r in split_rows]
+    if beyond:
+        rows += [{**head, **r} for r in beyond_rows(data, blocks, p, device, head_bias(enc))]
     history = fit.history.assign(task=data.flag)
     predictions = {"test_labels": data.labels["test"], "test_scores": scores["test"],
                    "val_labels": data.labels["val"], "val_scores": scores["val"],
                    "thresholds": np.asarray([] if thresholds is None else thresholds)}
     return TaskProbe(data.flag, rows, history, predictions)
-
-
-def absence_note(classes: list[int], split: str) -> str:
-    """The ``note`` of a split's rows when classes are missing from it (empty otherwise)."""
-    if not classes:
-        return ""
-    return (f"class {', '.join(map(str, classes))} absent from {split}: auc averages the classes "
-            "it can score (the study's auc would be NaN)")
 
 
 @dataclass
@@ -226,6 +200,8 @@ def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
     device = resolve_device(p.device)
     enc, identity = build_encoder(p)
     enc.model.to(device)
+    check_feature_blocks(enc.model, p)
+    probed_layers(p.layers, block_count(enc.model))  # a block that does not exist: fail now
     label = encoder_label(enc, p)
     cache = FeatureCache(resolve(p.cache_dir))
 
@@ -242,8 +218,11 @@ def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
              "backbone_mode": backbone_mode(p), "train_drop_path": train_drop_path(enc, p),
              "precision": feature_precision(p.precision, device),
              "features": p.features, "threshold_rule": p.threshold_rule, "ci_rule": p.ci_rule}
-    results = pd.DataFrame([{**r, **extra} for pr in probes for r in pr.rows])
-    results = results[RESULT_COLUMNS + [c for c in results.columns if c not in RESULT_COLUMNS]]
+    # a row's own protocol (the evaluations beyond say cached) wins over the run's
+    results = pd.DataFrame([{**extra, **r} for pr in probes for r in pr.rows])
+    order = RESULT_COLUMNS + FIT_COLUMNS + list(extra)
+    results = results[order + [c for c in results.columns if c not in order + BEYOND_COLUMNS]
+                      + BEYOND_COLUMNS]
     history = pd.concat([pr.history for pr in probes], ignore_index=True)
     write_table(results, run_dir / "results.parquet")
     write_table(history, run_dir / "history.parquet")

@@ -40,10 +40,16 @@ def sample_grid(root: Path, tasks: list[str], size: int, per_task: int = 6) -> p
     return fig
 
 
+def main_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The main probe's rows (results written before ``main`` existed hold nothing else)."""
+    return results[results["main"].astype(bool)] if "main" in results else results
+
+
 def summary_table(results: pd.DataFrame, split: str = "test",
                   metrics: tuple[str, ...] = STUDY_METRICS) -> pd.DataFrame:
-    """Tasks x metrics (by default those the study publishes), each cell 'value [low, high]'
-    in percent, with a mean row."""
+    """Tasks x metrics (by default those the study publishes) of the main probe, each cell
+    'value [low, high]' in percent, with a mean row."""
+    results = main_rows(results)
     df = results[results.split == split]
     value = df.pivot(index="task", columns="metric", values="value")[list(metrics)]
     low = df.pivot(index="task", columns="metric", values="ci_low")[list(metrics)]
@@ -67,7 +73,8 @@ def split_notes(results: pd.DataFrame, split: str = "test") -> str:
 
 def plot_metrics(results: pd.DataFrame, split: str = "test",
                  metrics: tuple[str, ...] = STUDY_METRICS) -> plt.Figure:
-    """One panel per metric: a bar per task with its bootstrap 95% CI."""
+    """One panel per metric: a bar per task with the main probe's bootstrap 95% CI."""
+    results = main_rows(results)
     df = results[results.split == split]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), sharey=False)
     for ax, metric in zip(axes, metrics):

@@ -50,8 +50,8 @@ from biovfm_lib.ssl.vit import (
 DINOV2_RECIPES = ("study", "dinov2_p14")
 OFFICIAL_EPOCH_LENGTH = 1250  # dinov2's train.OFFICIAL_EPOCH_LENGTH: iterations per "epoch"
 
-# nano is the CPU smoke size of both recipes (no official counterpart): 28 px at patch 4, small
-# heads, drop path 0.1 over its 4 blocks.
+# femto, pico and nano are the CPU smoke sizes of both recipes (no official counterpart): 28 px
+# at patch 4, small heads, drop path 0.1 over their 2 to 4 blocks.
 _NANO = {"patch_size": 4, "global_crop_size": 28, "local_crop_size": 12, "drop_path_rate": 0.1,
          "n_prototypes": 1024, "ibot_n_prototypes": 1024, "head_hidden_dim": 256,
          "head_bottleneck_dim": 64, "ibot_bottleneck_dim": 64}
@@ -71,9 +71,12 @@ _RECIPE_BASE: dict[str, dict] = {
 # ssl_default_config; H/14 takes vitl14/vitg14.yaml, the recipe of DINOv2's own long runs at
 # patch 14 (500 epochs: warm-up 80, teacher-temperature warm-up 30, last layer frozen 1).
 _SIZE_RECIPES: dict[str, dict[str, dict]] = {
-    "study": {"nano": _NANO, "tiny": {}, "small": {}, "base": {}, "large": {},
+    "study": {"femto": _NANO, "pico": _NANO, "nano": _NANO, "tiny": {}, "small": {},
+              "base": {}, "large": {},
               "huge": {"patch_size": 14, "local_crop_size": 98, "drop_path_rate": 0.4}},
     "dinov2_p14": {
+        "femto": _NANO,
+        "pico": _NANO,
         "nano": _NANO,
         "tiny": {"drop_path_rate": 0.1},
         "small": {"drop_path_rate": 0.1},

@@ -20,7 +20,8 @@ from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from lightly.models.utils import patchify, set_at_index
 from torch import Tensor, nn
 
-from biovfm_lib.models.factory import VIT_SIZES, VitSpec, vit_spec
+from biovfm_lib.models.factory import VitSpec, vit_spec
+from biovfm_lib.models.sizes import VIT_SIZES
 from biovfm_lib.ssl.masking import batch_seed, random_token_mask
 from biovfm_lib.ssl.schedules import cosine, steps
 from biovfm_lib.ssl.vit import (
@@ -31,6 +32,9 @@ from biovfm_lib.ssl.vit import (
     transformer_flops,
     vit_flops,
 )
+
+# decoder (width, heads) of the CPU smoke sizes, which have no official recipe
+SMOKE_DECODERS = {"femto": (72, 3), "pico": (96, 3), "nano": (128, 4)}
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,15 @@ class MAEConfig:
 
     @classmethod
     def for_size(cls, size: str, **overrides) -> MAEConfig:
-        """The size's patch (16; 14 for ViT-H/14); the CPU smoke size nano runs at 28 px with
-        patch 4 and a 2-block, 128-wide decoder (a 512 x 8 one would cost 50x its encoder)."""
+        """The size's patch (16; 14 for ViT-H/14); the CPU smoke sizes run at 28 px with
+        patch 4 and a 2-block decoder 1.5x as wide as the encoder (:data:`SMOKE_DECODERS`; a
+        512 x 8 one would cost 50x a nano encoder)."""
         if size not in VIT_SIZES:
             raise ValueError(f"unknown ViT size {size!r}; choose from {list(VIT_SIZES)}")
         recipe = {"patch_size": VIT_SIZES[size].patch_size}
-        if size == "nano":  # no official recipe: a decoder in proportion to the encoder
-            recipe.update(img_size=28, decoder_dim=128, decoder_depth=2, decoder_heads=4)
+        if size in SMOKE_DECODERS:  # no official recipe: a decoder in proportion
+            dim, heads = SMOKE_DECODERS[size]
+            recipe.update(img_size=28, decoder_dim=dim, decoder_depth=2, decoder_heads=heads)
         return replace(cls(), size=size, **{**recipe, **overrides})
 
     def __post_init__(self) -> None:

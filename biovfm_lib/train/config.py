@@ -20,9 +20,14 @@ from biovfm_lib.yaml_io import read_yaml
 
 # Parameters that change how a run executes, not what it learns: excluded from its name.
 # (augment_on is not one: the device draws other random crops' colours than the loader.)
+# The online kNN monitor is one of them: it reads the backbone, never the training stream.
 _EXECUTION_ONLY = ("num_workers", "log_every", "checkpoint_every", "launcher", "slurm", "name",
-                   "out_root", "activation_checkpointing", "compile")
+                   "out_root", "activation_checkpointing", "compile", "monitor_every",
+                   "monitor_tasks", "monitor_data_root", "monitor_data_size", "monitor_samples",
+                   "monitor_k")
 FSDP_SIZES = ("large", "huge")
+MONITOR_DEFAULT_TASKS = 3  # monitor_tasks empty: this many of the run's `tasks`, in order
+MONITOR_DATA_ROOT = "outputs/data/medmnist"  # where it reads when the run trains on no MedMNIST
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class TrainConfig:
     # "auto" | "loader" | "device"; configs written before it existed ran in the loader
     augment_on: str = "loader"
     recipe: str = "study"  # a config written before it existed: LEGACY_RECIPES[algorithm]
+    monitor_every: int = 0  # online kNN monitor every this many steps (0: off)
+    monitor: dict[str, Any] = field(default_factory=dict)  # monitor_settings(): what it reads
     params: dict[str, Any] = field(default_factory=dict)  # the notebook parameters, for record
 
     def to_yaml(self, path: Path) -> None:
@@ -121,6 +128,20 @@ def data_sources(p: PretrainParams) -> list[dict[str, Any]]:
     return medmnist_sources(root, p.data_size, p.tasks)
 
 
+def monitor_settings(p: PretrainParams) -> dict[str, Any]:
+    """What the online kNN monitor reads, resolved: its tasks, data folder and file size, its
+    sample sizes and k (empty when it is off)."""
+    from biovfm_lib.runs import resolve
+
+    if not p.monitor_every:
+        return {}
+    root = p.monitor_data_root or (p.data_root if p.data in ("medmnist", "synthetic")
+                                   else MONITOR_DATA_ROOT)
+    return {"tasks": p.monitor_tasks or p.tasks[:MONITOR_DEFAULT_TASKS],
+            "root": str(resolve(root)), "size": p.monitor_data_size or p.data_size,
+            "n_train": p.monitor_samples[0], "n_query": p.monitor_samples[1], "k": p.monitor_k}
+
+
 def resolve_config(p: PretrainParams) -> TrainConfig:
     from biovfm_lib.runs import resolve
 
@@ -138,5 +159,6 @@ def resolve_config(p: PretrainParams) -> TrainConfig:
         strategy=strategy, activation_checkpointing=p.activation_checkpointing,
         compile=p.compile, num_workers=p.num_workers, checkpoint_every=p.checkpoint_every,
         log_every=p.log_every, out_dir=str(resolve(p.out_root) / run_name(p)),
-        augment_on=p.augment_on, recipe=p.recipe, params=p.as_dict(),
+        augment_on=p.augment_on, recipe=p.recipe, monitor_every=p.monitor_every,
+        monitor=monitor_settings(p), params=p.as_dict(),
     )

@@ -56,9 +56,11 @@ def torchrun_command(config: Path, nproc: int) -> list[str]:
 
 def check_launchable(cfg: TrainConfig, world_size: int) -> None:
     """What every rank would find wrong, found here: the objective's config with the run's
-    ``method`` overrides, and a data subset of at least one global batch. Inside torchrun
-    either ends as a ChildFailedError with the real exception far up the log."""
+    ``method`` overrides, a data subset of at least one global batch and the online monitor's
+    data. Inside torchrun each ends as a ChildFailedError with the real exception far up the
+    log."""
     from biovfm_lib.train.loop import method_config, training_images
+    from biovfm_lib.train.monitor import check_monitor_data
 
     global_batch = cfg.batch_size * world_size
     try:
@@ -70,6 +72,8 @@ def check_launchable(cfg: TrainConfig, world_size: int) -> None:
         raise ValueError(f"the data subset has {n_images} images, fewer than one global batch "
                          f"of {global_batch} ({cfg.batch_size} per process x {world_size} "
                          "processes): lower batch_size or take more data")
+    if cfg.monitor_every:
+        check_monitor_data(cfg.monitor, cfg.monitor_every)
 
 
 def prepare(p: PretrainParams) -> tuple[TrainConfig, Path]:

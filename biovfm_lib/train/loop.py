@@ -2,11 +2,12 @@
 
 Each step sets the scheduled learning rate and weight decay, runs the method under autocast,
 clips, steps AdamW and lets the method update its teacher. Every ``log_every`` steps rank 0
-appends a JSON line (loss terms, lr, grad norm, images/s, MFU); every ``checkpoint_every``
-steps the full state is saved. A restart with the same config resumes from the last
-checkpoint and replays the same data, augmentations and masks, so it ends where an
-uninterrupted run would. A non-finite loss or a collapsed representation stops the run with
-a clear message instead of burning compute.
+appends a JSON line (loss terms, lr, grad norm, images/s, MFU); every ``monitor_every`` steps
+the online kNN monitor (``monitor.py``) adds one with the backbone's kNN accuracy and AUC;
+every ``checkpoint_every`` steps the full state is saved. A restart with the same config
+resumes from the last checkpoint and replays the same data, augmentations and masks, so it
+ends where an uninterrupted run would. A non-finite loss or a collapsed representation stops
+the run with a clear message instead of burning compute.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from biovfm_lib.data.pretrain import PretrainImages, index_images
 from biovfm_lib.data.sampler import ResumableDistributedSampler
 from biovfm_lib.data.ssl_transforms import DINOv2Augmentation, MAEAugmentation
 from biovfm_lib.models.checkpoints import export_backbone
-from biovfm_lib.models.factory import study_params_m
+from biovfm_lib.models.sizes import study_params_m
 from biovfm_lib.ssl import MAE, DINOv2, DINOv2Config, MAEConfig
 from biovfm_lib.train.checkpoint import FULL, load_checkpoint, save_checkpoint
 from biovfm_lib.train.config import TrainConfig
@@ -43,9 +44,11 @@ from biovfm_lib.train.distributed import (
     unwrap,
 )
 from biovfm_lib.train.meter import ThroughputMeter
+from biovfm_lib.train.monitor import OnlineMonitor
 
 COLLAPSE_MIN_STD = 1e-3  # a "*_std" monitor below this, at COLLAPSE_PATIENCE logs in a row
 COLLAPSE_PATIENCE = 3
+MONITOR_BUDGET = 0.05  # the online monitor's target share of the training compute
 
 
 class TrainingStopped(RuntimeError):
@@ -207,6 +210,9 @@ def train(cfg: TrainConfig) -> Path | None:
         if env.is_main:
             print(f"resuming from step {step} ({ckpt_path})", flush=True)
     log = JsonLog(out / "log.jsonl", step) if env.is_main else None
+    monitor = start_monitor(cfg, method, env, bf16)
+    if monitor and step == 0:  # the initial weights: the baseline the curve should leave
+        _write_monitor(monitor, log, step)
 
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         collate_fn=method.collate, num_workers=cfg.num_workers,
@@ -249,6 +255,9 @@ def train(cfg: TrainConfig) -> Path | None:
                     raise TrainingStopped(f"representation collapse at step {step}: {stats} "
                                           f"(a *_std below {COLLAPSE_MIN_STD} for "
                                           f"{COLLAPSE_PATIENCE} logs); last checkpoint kept")
+            if monitor and (step % cfg.monitor_every == 0 or step == total):
+                _write_monitor(monitor, log, step)
+                meter.reset()  # images/s counts training time only
             if step % cfg.checkpoint_every == 0 or step == total:
                 save_checkpoint(ckpt_path, model, opt, env, step=step,
                                 sampler=sampler.state_dict(), config=cfg.params)
@@ -256,6 +265,30 @@ def train(cfg: TrainConfig) -> Path | None:
                 break
     bar.close()
     return _export(cfg, model, env, export_stem, step, global_batch, len(images))
+
+
+def start_monitor(cfg: TrainConfig, method: nn.Module, env: DistEnv, bf16: bool
+                  ) -> OnlineMonitor | None:
+    """The online kNN monitor when ``monitor_every`` asks for one; rank 0 says what it
+    costs: its matmul FLOPs against the training's between two evaluations."""
+    if not cfg.monitor_every:
+        return None
+    monitor = OnlineMonitor(method, cfg.monitor, env, bf16, cfg.img_size, cfg.seed)
+    if env.is_main:
+        share = monitor.flops_share(cfg.batch_size * method.flops_per_sample(),
+                                    cfg.monitor_every)
+        advice = (f" (above {MONITOR_BUDGET:.0%}: raise monitor_every or lower monitor_samples)"
+                  if share > MONITOR_BUDGET else "")
+        print(f"online kNN monitor: {', '.join(cfg.monitor['tasks'])}, {monitor.images()} "
+              f"images every {cfg.monitor_every} steps (k={cfg.monitor['k']}), "
+              f"{share:.1%} of the training FLOPs{advice}", flush=True)
+    return monitor
+
+
+def _write_monitor(monitor: OnlineMonitor, log: JsonLog | None, step: int) -> None:
+    record = monitor(step)  # every rank: FSDP gathers the backbone's shards
+    if log and record:
+        log.write(record)
 
 
 def replica_divergence(method: nn.Module, strategy: str) -> float | None:

@@ -1,4 +1,5 @@
-"""What notebook 02_pretrain shows: the views an objective trains on, and the run's curves."""
+"""What notebook 02_pretrain shows: the views an objective trains on, and the run's curves
+(loss, learning rate, throughput and, when the run had the online kNN monitor, its scores)."""
 from __future__ import annotations
 
 import json
@@ -18,11 +19,35 @@ from biovfm_lib.runs import resolve
 from biovfm_lib.train.config import TrainConfig
 from biovfm_lib.train.loop import build_method, training_images
 
+MONITOR_COLUMNS = ["step", "task", "knn_acc", "knn_auc", "monitor_s", "time"]
+
+
+def _records(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
 
 def read_log(path: str | Path) -> pd.DataFrame:
-    """The JSON-lines log as a table, one row per logged step."""
-    lines = Path(path).read_text().splitlines()
-    return pd.DataFrame([json.loads(line) for line in lines if line])
+    """The JSON-lines log's training records as a table, one row per logged step (the
+    monitor's records are :func:`read_monitor`'s)."""
+    return pd.DataFrame([r for r in _records(path) if "monitor" not in r])
+
+
+def read_monitor(path: str | Path) -> pd.DataFrame:
+    """The online kNN monitor's records as a tidy table, one row per (step, task); empty
+    when the run had no monitor."""
+    rows = [{"step": r["step"], "task": task, **scores, "monitor_s": r["monitor_s"],
+             "time": r["time"]} for r in _records(path) if "monitor" in r
+            for task, scores in r["monitor"].items()]
+    return pd.DataFrame(rows, columns=MONITOR_COLUMNS)
+
+
+def monitor_share(log: pd.DataFrame, monitor: pd.DataFrame) -> float:
+    """The monitor's share of the run's wall time, from the logs' clocks: its seconds over
+    the span from the first evaluation's start (or first logged step) to the last record."""
+    evaluations = monitor.drop_duplicates("step")
+    start = min(log.time.min(), (evaluations.time - evaluations.monitor_s).min())
+    end = max(log.time.max(), evaluations.time.max())
+    return float(evaluations.monitor_s.sum() / max(end - start, 1e-9))
 
 
 def _show(ax, img: torch.Tensor, title: str = "") -> None:
@@ -76,24 +101,40 @@ def plot_views(cfg: TrainConfig, n_images: int = 3) -> plt.Figure:
     return fig
 
 
-def plot_log(log: pd.DataFrame) -> plt.Figure:
-    """Loss terms, learning rate and throughput over the run."""
+def plot_log(log: pd.DataFrame, monitor: pd.DataFrame | None = None) -> plt.Figure:
+    """Loss terms, then (when ``monitor`` has records) the online kNN scores beside them,
+    learning rate and throughput over the run."""
     terms = [c for c in log.columns if c.endswith("_loss")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    knn = monitor is not None and not monitor.empty
+    fig, axes = plt.subplots(1, 3 + knn, figsize=(13 + 4 * knn, 3.4))
     axes[0].plot(log.step, log.loss, label="total", color="black")
     for term in terms:
         axes[0].plot(log.step, log[term], label=term, lw=1)
     axes[0].set_title("loss")
     axes[0].legend(fontsize=7)
-    axes[1].plot(log.step, log.lr)
-    axes[1].set_title("learning rate")
-    axes[2].plot(log.step, log.images_per_s)
-    axes[2].set_title("images / s" + ("" if log.mfu.isna().all()
-                                      else f" (MFU {log.mfu.median():.0%} median)"))
+    if knn:
+        _plot_monitor(axes[1], log, monitor)
+    axes[1 + knn].plot(log.step, log.lr)
+    axes[1 + knn].set_title("learning rate")
+    axes[2 + knn].plot(log.step, log.images_per_s)
+    axes[2 + knn].set_title("images / s" + ("" if log.mfu.isna().all()
+                                            else f" (MFU {log.mfu.median():.0%} median)"))
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()
     return fig
+
+
+def _plot_monitor(ax, log: pd.DataFrame, monitor: pd.DataFrame) -> None:
+    """kNN accuracy (solid) and AUC (dashed) per task, one colour per task."""
+    for i, (task, rows) in enumerate(monitor.groupby("task", sort=False)):
+        colour = f"C{i}"
+        ax.plot(rows.step, rows.knn_acc, color=colour, marker=".", label=task)
+        ax.plot(rows.step, rows.knn_auc, color=colour, marker=".", ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"online kNN: acc (solid), AUC (dashed)\n"
+                 f"monitor: {monitor_share(log, monitor):.1%} of wall time", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def data_source(p: PretrainParams) -> str:
