@@ -4,7 +4,7 @@ import json
 import pytest
 
 from biovfm_lib.curation.bench import bench_curate
-from biovfm_lib.probe.bench import bench_probe
+from biovfm_lib.probe.bench import BEYOND_SETTINGS, bench_beyond, bench_probe
 from biovfm_lib.train.bench import bench_pretrain
 
 
@@ -14,6 +14,14 @@ def test_probe_benchmark_records_throughput(isolated_outputs):
     stored = json.loads(path.read_text())
     assert stored["images_per_s"] == result["images_per_s"] > 0
     assert stored["precision"] == "fp32" and stored["machine"]["cpu_count"]
+
+
+def test_beyond_benchmark_times_every_evaluation_on_the_smoke_probe(isolated_outputs):
+    result = bench_beyond({"tasks": ["breastmnist"], "epochs": 1, "bootstrap": 0})
+    (path,) = (isolated_outputs / "bench").glob("probe_beyond_nano_28px_cpu_*.json")
+    stored = json.loads(path.read_text())
+    assert set(stored["seconds"]) == set(result["seconds"]) >= set(BEYOND_SETTINGS)
+    assert stored["params"]["size"] == 28 and stored["params"]["data"] == "synthetic"
 
 
 @pytest.mark.parametrize("algorithm", ["dinov2", "mae"])

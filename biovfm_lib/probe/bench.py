@@ -16,7 +16,7 @@ import torch
 
 from biovfm_lib.data.medmnist import SPLITS, load_task
 from biovfm_lib.models.factory import vit_spec
-from biovfm_lib.params import ProbeParams
+from biovfm_lib.params import ProbeParams, load_yaml
 from biovfm_lib.probe.beyond import beyond_rows
 from biovfm_lib.probe.features import FeatureCache, block_count, extract_features
 from biovfm_lib.probe.layers import layer_features
@@ -27,7 +27,7 @@ from biovfm_lib.probe.pipeline import (
     probe_task,
     resolve_device,
 )
-from biovfm_lib.runs import record_benchmark
+from biovfm_lib.runs import project_root, record_benchmark
 
 
 def bench_probe(encoder: str = "base", size: int = 224, patch_size: int = 0,
@@ -71,10 +71,7 @@ BEYOND_SETTINGS: dict[str, dict[str, Any]] = {
     "seeds, n_runs 5": {"n_runs": 5},
     "layers all, linear per block": {"layers": "all"},
 }
-SMOKE_PROBE: dict[str, Any] = {  # params/probe/smoke.yaml
-    "data_root": "outputs/data/synthetic", "data": "synthetic", "synthetic_scale": 0.02,
-    "size": 28, "protocol": "cached", "encoder": "nano", "patch_size": 4, "epochs": 30,
-    "lrs": [0.01, 0.001], "bootstrap": 200, "device": "cpu"}
+SMOKE_PROBE = "params/probe/smoke.yaml"
 
 
 def bench_beyond(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -85,7 +82,8 @@ def bench_beyond(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     block alone (today's) and for every block in one pass (``layers: all``); then each
     evaluation's rows are timed on the cached features, and the main probe for scale.
     """
-    base = ProbeParams.validate_mapping({**SMOKE_PROBE, **(overrides or {})})
+    smoke = load_yaml(project_root() / SMOKE_PROBE)
+    base = ProbeParams.validate_mapping({**smoke, **(overrides or {})})
     root = prepare_data(base)
     device = resolve_device(base.device)
     seconds: dict[str, float] = {}
