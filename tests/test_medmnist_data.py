@@ -28,6 +28,14 @@ def test_load_task_goes_through_the_medmnist_classes(synth_root):
     assert chest.images["test"].ndim == 3
 
 
+def test_load_task_reads_only_the_splits_asked_for(synth_root):
+    full = load_task("dermamnist", synth_root, size=28)
+    test = load_task("dermamnist", synth_root, size=28, splits=("test",))
+    assert set(test.images) == set(test.labels) == {"test"}
+    assert np.array_equal(test.images["test"], full.images["test"])
+    assert np.array_equal(test.labels["test"], full.labels["test"])
+
+
 def test_missing_file_says_where_and_how(tmp_path):
     with pytest.raises(MedMNISTFileError) as err:
         check_file(tmp_path, "pathmnist", 224)

@@ -119,6 +119,13 @@ def main_probe(results: pd.DataFrame) -> pd.Series:
     return results["main"].fillna(True).astype(bool)
 
 
+def _probe_test_rows(results: pd.DataFrame, run_ids: list[str] | None) -> pd.DataFrame:
+    """The main probe's test rows of 03_probe runs, of ``run_ids`` only if given."""
+    df = results[(results.notebook == "03_probe") & (results.split == "test")
+                 & main_probe(results)]
+    return df[df.run_id.isin(run_ids)] if run_ids else df
+
+
 def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
                  ) -> pd.DataFrame:
     """Test-split metrics of completed 03_probe runs of this project's exported checkpoints.
@@ -129,10 +136,7 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
     results = collect_results("results") if results is None else results
     if results.empty:
         return pd.DataFrame(columns=POINT_COLUMNS).astype(NUMERIC)
-    df = results[(results.notebook == "03_probe") & (results.split == "test")
-                 & main_probe(results)]
-    if run_ids:
-        df = df[df.run_id.isin(run_ids)]
+    df = _probe_test_rows(results, run_ids)
     meta = {c: sidecar(c) for c in df.checkpoint.unique()}
     df = df[[bool(meta[c].get("algorithm")) for c in df.checkpoint]]
     labels = {c: _labels(c, meta[c]) for c in df.checkpoint.unique()}
@@ -169,10 +173,8 @@ def baseline_points(results: pd.DataFrame | None = None, run_ids: list[str] | No
     results = collect_results("results") if results is None else results
     if results.empty:
         return pd.DataFrame(columns=BASELINE_COLUMNS)
-    df = results[(results.notebook == "03_probe") & (results.split == "test")
-                 & main_probe(results) & (results.checkpoint.fillna("") == "")]
-    if run_ids:
-        df = df[df.run_id.isin(run_ids)]
+    df = _probe_test_rows(results, run_ids)
+    df = df[df.checkpoint.fillna("") == ""]
     if df.empty:
         return pd.DataFrame(columns=BASELINE_COLUMNS)
     rows = (df.groupby(["encoder", "task", "metric"], as_index=False)

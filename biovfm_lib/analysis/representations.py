@@ -56,7 +56,7 @@ from biovfm_lib.analysis.inputs import (
     sidecar,
     subset_labels,
 )
-from biovfm_lib.params import ProbeParams, RepresentationsParams
+from biovfm_lib.params import MedMNISTTaskParams, ProbeParams, RepresentationsParams
 from biovfm_lib.runs import resolve
 
 Estimator = Literal["debiased", "biased"]
@@ -297,7 +297,7 @@ def sampled_features(p: RepresentationsParams, checkpoints: Sequence[str]
     out: dict[str, dict[str, dict[int, np.ndarray]]] = {c: {} for c in checkpoints}
     synthetic = []
     for flag in p.tasks:
-        data = load_task(flag, root, p.size)
+        data = load_task(flag, root, p.size, splits=("test",))  # a 224 px train split: GBs
         synthetic.append(data.synthetic)
         rows = sample_rows(len(data.images["test"]), p.sample, p.seed, flag)
         for c, (enc, identity) in encoders.items():
@@ -313,8 +313,8 @@ def probe_params(p: RepresentationsParams, checkpoint: str) -> ProbeParams:
     """The probe's parameters for ``checkpoint`` with this notebook's data and feature, so
     both key the feature cache alike (``protocol: cached``: eval-mode features, no drop path
     installed)."""
-    shared = ["data_root", "data", "synthetic_scale", "synthetic_seed", "tasks", "size",
-              "features", "device", "precision", "extract_batch_size", "cache_dir"]
+    shared = [*MedMNISTTaskParams.model_fields, "features", "device", "precision",
+              "extract_batch_size", "cache_dir"]
     return ProbeParams.validate_mapping({**{k: getattr(p, k) for k in shared},
                                          "checkpoint": checkpoint, "protocol": "cached"})
 

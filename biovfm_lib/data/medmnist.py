@@ -15,7 +15,7 @@ import hashlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -248,14 +248,16 @@ def prepare_tasks(root: Path, size: int, tasks: list[str], synthetic: bool = Fal
     return root
 
 
-def load_task(flag: str, root: str | Path, size: int = 224, verify_md5: bool = False) -> TaskData:
-    """Load all splits of one task with the task's ``medmnist`` dataset class, after
-    :func:`check_file`; a member damaged past its header is named here, when it is read."""
+def load_task(flag: str, root: str | Path, size: int = 224, verify_md5: bool = False,
+              splits: Sequence[str] = SPLITS) -> TaskData:
+    """Load the ``splits`` (by default all) of one task with the task's ``medmnist`` dataset
+    class, after :func:`check_file`; a member damaged past its header is named here, when it
+    is read."""
     path = check_file(root, flag, size, verify_md5)
     info = medmnist.INFO[flag]
     cls = getattr(medmnist, info["python_class"])
     images, labels = {}, {}
-    for split in SPLITS:
+    for split in splits:
         try:
             ds = cls(split=split, root=str(root), size=size, download=False)
             images[split], labels[split] = np.asarray(ds.imgs), np.asarray(ds.labels)
