@@ -98,7 +98,8 @@ class NotebookParams(BaseModel):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a parameter file; an empty file is an empty mapping, anything else non-dict is an error."""
+    """Read a parameter file; an empty file is an empty mapping, any other non-mapping is an
+    error."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"parameter file not found: {path}")
@@ -175,6 +176,7 @@ def _check_fractions(values: list[float]) -> list[float]:
 
 
 FeaturePool = Literal["mean_patch", "cls", "last4_avgpool"]
+InputFit = Literal["pad", "resize"]
 DEFAULT_POOL = "mean_patch"
 Tasks = Annotated[list[str], Field(min_length=1), AfterValidator(_check_tasks)]
 MedMNISTSize = Annotated[int, AfterValidator(_check_medmnist_size)]
@@ -216,6 +218,12 @@ class ProbeParams(MedMNISTTaskParams):
     # blocks to probe besides the last (last: none; all: every block; or block indices from
     # 0): a linear probe (and kNN, if on) per block, on cached features of one forward pass
     layers: Annotated[str | list[int], AfterValidator(_check_layers)] = "last"
+    # the encoder's input side (0: the image's own ``size``, as the study probes 224 px files
+    # at 224); another side probes a resolution with compute fixed, MedMNIST+'s protocol:
+    # ``input_fit`` pad = its centred zero padding of the normalised image (so a grey border:
+    # mean = std = 0.5), resize = bilinear with antialiasing (also shrinks)
+    input_size: int = Field(0, ge=0)
+    input_fit: InputFit = "pad"
     # protocol
     protocol: Literal["official", "cached"] = "official"  # cached: ours, the fast path
     # official only (cached features are eval-mode by construction): study = the backbone in
@@ -265,6 +273,24 @@ class ProbeParams(MedMNISTTaskParams):
                              f"values (features {features!r}, pool {pool!r}); set one of them")
         chosen = pool if features == DEFAULT_POOL else features
         return {**values, "features": chosen, "pool": chosen}
+
+    @property
+    def encoder_input(self) -> int:
+        """The side of the image the encoder sees."""
+        return self.input_size or self.size
+
+    @property
+    def fits_input(self) -> bool:
+        """Whether images are padded or resized to another side before the encoder."""
+        return self.encoder_input != self.size
+
+    @model_validator(mode="after")
+    def _pad_only_grows(self) -> ProbeParams:
+        if self.input_fit == "pad" and 0 < self.input_size < self.size:
+            raise ValueError(f"input_size: padding cannot shrink a {self.size} px image to "
+                             f"{self.input_size} px; set input_fit: resize, or an input_size "
+                             f">= size")
+        return self
 
     @model_validator(mode="after")
     def _last4_on_the_last_blocks(self) -> ProbeParams:

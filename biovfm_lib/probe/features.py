@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from biovfm_lib.data.transforms import to_model_input
 from biovfm_lib.models.pooling import mean_patch
+from biovfm_lib.params import InputFit
 from biovfm_lib.runs import atomic_write_bytes, atomic_write_json
 
 FeatureKind = Literal["mean_patch", "cls", "last4_avgpool"]
@@ -128,15 +129,17 @@ def encode(model: torch.nn.Module, x: torch.Tensor, kind: FeatureKind = "mean_pa
 def extract_layer_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
                            layers: Sequence[int], kind: FeatureKind = "mean_patch",
                            batch_size: int = 256, desc: str = "features",
-                           precision: Precision = "auto") -> dict[int, np.ndarray]:
+                           precision: Precision = "auto", input_size: int = 0,
+                           input_fit: InputFit = "pad") -> dict[int, np.ndarray]:
     """Per block, features of uint8 MedMNIST images, in order, as float32 (N, D), in eval
-    mode: every block from the same forward pass of each batch."""
+    mode: every block from the same forward pass of each batch. ``input_size`` brings the
+    images to the encoder's side (:func:`biovfm_lib.data.transforms.fit_to_input`)."""
     model.eval()
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
                       mininterval=2.0):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-        x = to_model_input(batch.to(device, non_blocking=True))
+        x = to_model_input(batch.to(device, non_blocking=True), input_size, input_fit)
         with autocast_for(device, precision):
             for layer, feats in encode_layers(model, x, layers, kind).items():
                 out[layer].append(feats.cpu())
@@ -146,10 +149,11 @@ def extract_layer_features(model: torch.nn.Module, images: np.ndarray, device: t
 
 def extract_features(model: torch.nn.Module, images: np.ndarray, device: torch.device,
                      kind: FeatureKind = "mean_patch", batch_size: int = 256,
-                     desc: str = "features", precision: Precision = "auto") -> np.ndarray:
+                     desc: str = "features", precision: Precision = "auto",
+                     input_size: int = 0, input_fit: InputFit = "pad") -> np.ndarray:
     """Features of uint8 MedMNIST images, in order, as float32 (N, D), in eval mode."""
     return extract_layer_features(model, images, device, [-1], kind, batch_size, desc,
-                                  precision)[-1]
+                                  precision, input_size, input_fit)[-1]
 
 
 def file_identity(path: Path) -> dict[str, Any]:

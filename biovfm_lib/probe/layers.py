@@ -7,7 +7,8 @@ of metric by block ends at the study's point.
 
 Cache keys carry the block and the pooling (``features``). The last block keeps the key it had
 before blocks were named, so an existing cache stays valid and a layer sweep shares the main
-probe's entry; any other block's key adds ``layer``.
+probe's entry; any other block's key adds ``layer``. Likewise a probe whose encoder sees
+another side than the file's (``input_size``) adds that side and how it was reached.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def layer_features(enc: LoadedEncoder, identity: dict[str, Any], data: TaskData,
         layer: {"encoder": identity, "data": file_identity(data.file), "flag": data.flag,
                 "split": split, "size": p.size, "features": p.features,
                 "precision": feature_precision(p.precision, device),
+                **({"input_size": p.encoder_input, "input_fit": p.input_fit}
+                   if p.fits_input else {}),
                 **({} if layer == last else {"layer": layer})}
         for layer in layers}
     keys = {layer: cache.key(**made_from[layer]) for layer in layers}
@@ -68,7 +71,8 @@ def layer_features(enc: LoadedEncoder, identity: dict[str, Any], data: TaskData,
     if missing:
         extracted = extract_layer_features(
             enc.model, data.images[split], device, missing, p.features, p.extract_batch_size,
-            desc=f"{data.flag} {split}", precision=p.precision)
+            desc=f"{data.flag} {split}", precision=p.precision, input_size=p.encoder_input,
+            input_fit=p.input_fit)
         for layer, feats in extracted.items():
             cache.put(keys[layer], feats, **made_from[layer])  # the sidecar: what was hashed
             found[layer] = feats

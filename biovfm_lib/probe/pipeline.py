@@ -72,11 +72,11 @@ def resolve_device(name: str) -> torch.device:
 def build_encoder(p: ProbeParams) -> tuple[LoadedEncoder, dict[str, Any]]:
     """The frozen encoder to probe, and the identity its cached features are keyed on."""
     if p.checkpoint:
-        enc = load_encoder(resolve(p.checkpoint), p.checkpoint_format, img_size=p.size,
+        enc = load_encoder(resolve(p.checkpoint), p.checkpoint_format, img_size=p.encoder_input,
                            timm_name=p.timm_name, num_heads=p.num_heads)
         identity = {"sha256": enc.sha256, "spec": enc.spec}
     else:  # a random-initialisation baseline, reproducible from its seed
-        spec = vit_spec(p.encoder, p.patch_size, img_size=p.size)
+        spec = vit_spec(p.encoder, p.patch_size, img_size=p.encoder_input)
         torch.manual_seed(p.seed)
         enc = LoadedEncoder(spec.create().eval(), "random", spec, "", "", {})
         identity = {"random_init": spec, "seed": p.seed, "timm": timm.__version__,
@@ -138,7 +138,7 @@ def augmented_batches(model: torch.nn.Module, images: np.ndarray, y: torch.Tenso
                             num_workers=p.num_workers, pin_memory=device.type == "cuda",
                             drop_last=train_drop_last(len(dataset), p.batch_size))
         for imgs, idx in loader:
-            x = to_model_input(imgs.to(device, non_blocking=True))
+            x = to_model_input(imgs.to(device, non_blocking=True), p.encoder_input, p.input_fit)
             with autocast_for(device, p.precision), backbone_training(model, live):
                 feats = encode(model, x, p.features)
             yield feats, y[idx]
@@ -214,7 +214,8 @@ def run_probe(p: ProbeParams, run_dir: str | Path) -> ProbeReport:
         probes.append(probe)
 
     data_source = "synthetic" if any(synthetic) else "real"
-    extra = {"data_source": data_source, "img_size": p.size, "protocol": p.protocol,
+    extra = {"data_source": data_source, "img_size": p.size, "input_size": p.encoder_input,
+             "input_fit": p.input_fit if p.fits_input else "none", "protocol": p.protocol,
              "backbone_mode": backbone_mode(p), "train_drop_path": train_drop_path(enc, p),
              "precision": feature_precision(p.precision, device),
              "features": p.features, "threshold_rule": p.threshold_rule, "ci_rule": p.ci_rule}
