@@ -347,7 +347,10 @@ def _run_link(run: RunInfo, outputs: Path, text: str | None = None) -> str:
 
 
 def _figures(run: RunInfo, outputs: Path) -> str:
-    figures = sorted((run.dir / "figures").glob("mean_*.png"))
+    """A scaling run's key figures: the mean over tasks against model size, and against
+    resolution where it probed one checkpoint at several (params/grids/resolution.yaml)."""
+    figures = [f for kind in ("mean", "resolution")
+               for f in sorted((run.dir / "figures").glob(f"{kind}_*.png"))]
     return "".join(f'<a href="{_rel(f, outputs)}"><img class=fig src="{_rel(f, outputs)}" '
                    f'alt="{html.escape(f.stem)}"></a>' for f in figures) or "<p>(no figure)</p>"
 

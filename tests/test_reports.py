@@ -50,6 +50,8 @@ def test_index_lists_runs_and_grids_with_working_relative_links(tmp_path, isolat
                        parameters={"source": "runs", "run_ids": [probe.name]})
     (scaling / "figures").mkdir()
     (scaling / "figures" / "mean_auc.png").write_bytes(PNG)
+    (scaling / "figures" / "resolution_auc.png").write_bytes(PNG)
+    (scaling / "figures" / "tasks_auc.png").write_bytes(PNG)  # not a key figure
     running = make_run("05_task_properties", "running", html=False)
 
     grid_file = tmp_path / "g.yaml"
@@ -75,7 +77,10 @@ def test_index_lists_runs_and_grids_with_working_relative_links(tmp_path, isolat
     assert found and all((isolated_outputs / link).is_file() for link in found)
     assert not [link for link in found if link.startswith("/")]
     assert f"runs/03_probe/{probe.name}/03_probe.html" in found
-    assert f"runs/04_scaling/{scaling.name}/figures/mean_auc.png" in found
+    figures = list(dict.fromkeys(link for link in found if "/figures/" in link))
+    assert figures[:2] == [f"runs/04_scaling/{scaling.name}/figures/{kind}_auc.png"
+                           for kind in ("mean", "resolution")]
+    assert not [link for link in found if link.endswith("tasks_auc.png")]
     assert not [link for link in found if running.name in link]  # no report, no dead link
     rows = {r: row for row in re.findall(r"<tr>.*?</tr>", text, re.DOTALL)
             for r in (probe.name, failed.name, running.name, ok.slug, bad.slug)

@@ -41,7 +41,11 @@ def ref_slopes(ref: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- reference table
 def test_reference_shape(ref: pd.DataFrame) -> None:
-    assert list(ref.columns) == [*COLUMNS, *SUBSET_COLUMNS, STUDY_X, "recipe"]
+    assert list(ref.columns) == [*COLUMNS, *SUBSET_COLUMNS, STUDY_X, "recipe", "img_size",
+                                 "input_size", "resolution"]
+    # the study probed MedMNIST+ 224 px files at 224 px, BiomedCLIP included
+    assert (ref[["img_size", "input_size"]] == 224).all().all()
+    assert (ref["resolution"] == "224").all()
     assert len(ref) == 12 * (2 * 4 + 1)
     assert set(ref["task"]) == TASKS
     assert ref.groupby("algorithm").size().to_dict() == {"dinov2": 48, "mae": 48, "biomedclip": 12}
@@ -100,7 +104,8 @@ def _polyfit_slope(x: pd.Series, y: pd.Series) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def test_power_law_matches_polyfit_on_reference(ref: pd.DataFrame, ref_slopes: pd.DataFrame) -> None:
+def test_power_law_matches_polyfit_on_reference(ref: pd.DataFrame,
+                                                ref_slopes: pd.DataFrame) -> None:
     assert list(ref_slopes.columns) == SLOPE_COLUMNS
     assert set(zip(ref_slopes["data_subset"], ref_slopes["modality_subset"])) == {("full", "all")}
     power = ref_slopes[ref_slopes["fit"] == "power_law"].set_index(["algorithm", "task"])

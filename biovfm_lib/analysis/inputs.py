@@ -29,26 +29,38 @@ published slopes are fitted on one scale.
 :class:`biovfm_lib.params.PretrainParams`), so fits never pool recipes. A sidecar written before
 recipes were recorded gets the one its code trained: ``dinov2_p14`` for DINOv2, ``study`` for
 MAE (:data:`biovfm_lib.params.LEGACY_RECIPES`).
+
+A probe row also says what its encoder saw: ``img_size``, the side of the MedMNIST file's
+images (28, 64, 128, 224), and ``input_size``, the side the encoder took, with ``input_fit``
+(``pad`` or ``resize``) saying how an image of another size was brought to it. The same
+checkpoint probed at 28 and at 224 px is two measurements, not two points at one x, so each
+point carries a ``resolution`` label (:func:`resolution_label`) that every fit holds fixed. A
+row written before input sizes were recorded probed its images at their own size (native);
+one without an ``img_size`` is ``unrecorded``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from biovfm_lib.models.sizes import study_params_m
 from biovfm_lib.params import LEGACY_RECIPES
 from biovfm_lib.runs import collect_results
 
+RESOLUTION_COLUMNS = ["img_size", "input_size", "input_fit", "resolution"]
 POINT_COLUMNS = ["source", "algorithm", "recipe", "size", "task", "metric", "value",
                  "params_total_m", "params_encoder_m", "params_study_m", "images_seen",
                  "n_train_images",
-                 "data_subset", "modality_subset", "data_source", "checkpoint", "run_id"]
+                 "data_subset", "modality_subset", *RESOLUTION_COLUMNS,
+                 "data_source", "checkpoint", "run_id"]
 
 NUMERIC = dict.fromkeys(["value", "params_total_m", "params_encoder_m", "params_study_m",
-                         "images_seen", "n_train_images"], float)
+                         "images_seen", "n_train_images", "img_size", "input_size"], float)
 UNKNOWN = "unknown"
+UNRECORDED = "unrecorded"
 
 
 def sidecar(checkpoint: str) -> dict:
@@ -110,6 +122,37 @@ def _labels(checkpoint: str, meta: dict) -> tuple[str, str]:
     return subset_labels(record, list(named.values()))
 
 
+def resolution_label(img_size: float | None, input_size: float | None,
+                     input_fit: str | None) -> str:
+    """How fits and tables name what an encoder saw: ``"224"`` for images probed at their own
+    size, ``"28/pad224"`` for 28 px images zero-padded to a 224 px input; ``unrecorded`` when
+    the image size is not known. An ``input_size`` of 0 or none is the image's own size, as the
+    probe's parameter means; a non-native row without its fit says ``unknown`` for it."""
+    if img_size is None or pd.isna(img_size):
+        return UNRECORDED
+    if input_size is None or pd.isna(input_size) or input_size in (0, img_size):
+        return f"{int(img_size)}"
+    fit = input_fit if isinstance(input_fit, str) and input_fit else UNKNOWN
+    return f"{int(img_size)}/{fit}{int(input_size)}"
+
+
+def _column(results: pd.DataFrame, name: str) -> pd.Series:
+    """A results column, or one of NaN for results written before it existed."""
+    return results[name] if name in results else pd.Series(np.nan, index=results.index)
+
+
+def input_resolution(results: pd.DataFrame) -> pd.DataFrame:
+    """``img_size, input_size, input_fit, resolution`` of probe result rows (see the module
+    notes): a missing or zero ``input_size`` is the image's own size."""
+    img = pd.to_numeric(_column(results, "img_size"), errors="coerce").astype(float)
+    given = pd.to_numeric(_column(results, "input_size"), errors="coerce").astype(float)
+    size = given.where(given > 0, img)
+    fit = _column(results, "input_fit")
+    labels = [resolution_label(*row) for row in zip(img, size, fit)]
+    return pd.DataFrame({"img_size": img, "input_size": size, "input_fit": fit,
+                         "resolution": labels}, index=results.index)
+
+
 def main_probe(results: pd.DataFrame) -> pd.Series:
     """Which rows are a probe run's main probe, the only ones fits and headline numbers pool:
     its kNN, label-subset, extra-seed and other-block rows are other evaluations (``main``
@@ -141,6 +184,7 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
     df = df[[bool(meta[c].get("algorithm")) for c in df.checkpoint]]
     labels = {c: _labels(c, meta[c]) for c in df.checkpoint.unique()}
     subsets = [labels[c] for c in df.checkpoint]
+    seen = input_resolution(df)
     return pd.DataFrame({
         "source": "runs",
         "algorithm": [meta[c]["algorithm"] for c in df.checkpoint],
@@ -155,21 +199,23 @@ def probe_points(results: pd.DataFrame | None = None, run_ids: list[str] | None 
         "n_train_images": [meta[c].get("n_train_images") for c in df.checkpoint],
         "data_subset": [data for data, _ in subsets],
         "modality_subset": [modality for _, modality in subsets],
+        **{c: seen[c].to_numpy() for c in RESOLUTION_COLUMNS},
         "data_source": df.data_source.to_numpy(),
         "checkpoint": df.checkpoint.to_numpy(), "run_id": df.run_id.to_numpy(),
     }, columns=POINT_COLUMNS).astype(NUMERIC)
 
 
-BASELINE_COLUMNS = ["size", "task", "metric", "value", "params_study_m", "data_source",
-                    "run_id"]
+BASELINE_COLUMNS = ["size", "task", "metric", "value", "params_study_m", *RESOLUTION_COLUMNS,
+                    "data_source", "run_id"]
 
 
 def baseline_points(results: pd.DataFrame | None = None, run_ids: list[str] | None = None
                     ) -> pd.DataFrame:
     """Test-split metrics of completed 03_probe runs of random initialisations, the floor a
-    pretrained checkpoint's gain is read against; one row per size, task and metric (the
-    mean where several runs probed one size), at the size's study x so it sits on the
-    scaling figures' axis. ``run_ids`` narrows the runs as for :func:`probe_points`."""
+    pretrained checkpoint's gain is read against; one row per size, resolution, task and
+    metric (the mean where several runs probed one size at one resolution: a floor at 28 px
+    says nothing about one at 224), at the size's study x so it sits on the scaling figures'
+    axis. ``run_ids`` narrows the runs as for :func:`probe_points`."""
     results = collect_results("results") if results is None else results
     if results.empty:
         return pd.DataFrame(columns=BASELINE_COLUMNS)
@@ -177,8 +223,11 @@ def baseline_points(results: pd.DataFrame | None = None, run_ids: list[str] | No
     df = df[df.checkpoint.fillna("") == ""]
     if df.empty:
         return pd.DataFrame(columns=BASELINE_COLUMNS)
-    rows = (df.groupby(["encoder", "task", "metric"], as_index=False)
-            .agg(value=("value", "mean"), data_source=("data_source", "first"),
+    df = df.assign(**input_resolution(df))
+    rows = (df.groupby(["encoder", "resolution", "task", "metric"], as_index=False)
+            .agg(value=("value", "mean"), img_size=("img_size", "first"),
+                 input_size=("input_size", "first"), input_fit=("input_fit", "first"),
+                 data_source=("data_source", "first"),
                  run_id=("run_id", lambda ids: ",".join(sorted(set(ids))))))
     rows = rows.rename(columns={"encoder": "size"})
     rows["params_study_m"] = [study_params_m(s) for s in rows["size"]]

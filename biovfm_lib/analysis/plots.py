@@ -1,8 +1,10 @@
 """The figures of notebooks 04_scaling and 05_task_properties.
 
-Scaling figures draw one curve per source, algorithm, data subset and modality subset, the
-same grouping the slope fits use, so a drawn line is always the fitted one: colour says the
-algorithm, marker the subset, line style (and hollow markers) the reference table.
+Scaling figures draw one curve per source, algorithm, data subset, modality subset and probe
+resolution, the same grouping the slope fits use, so a drawn line is always the fitted one:
+colour says the algorithm, marker the subset and resolution, line style (and hollow markers)
+the reference table. The resolution figure walks the fits' own resolution curves
+(:func:`biovfm_lib.analysis.scaling.resolution_curves`) for the same reason.
 """
 from __future__ import annotations
 
@@ -11,8 +13,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
+from biovfm_lib.analysis.scaling import (
+    MEAN_TASK,
+    RESOLUTION,
+    complete_labels,
+    on_curve,
+    resolution_curves,
+    task_mean,
+)
+
 COLORS = {"dinov2": "tab:blue", "mae": "tab:orange"}
-CURVE = ["source", "algorithm", "data_subset", "modality_subset"]
+CURVE = ["source", "algorithm", "data_subset", "modality_subset", RESOLUTION]
 MARKERS = "os^DvP<>"
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 
@@ -25,9 +36,10 @@ def _subset(data_subset: str, modality_subset: str) -> str:
     return f"{data_subset}/{modality_subset}"
 
 
-def curve_label(source: str, algorithm: str, data_subset: str, modality_subset: str) -> str:
-    """How figures and pickers name a curve: ``dinov2 full/all (reference)``."""
-    return f"{algorithm} {_subset(data_subset, modality_subset)} ({source})"
+def curve_label(source: str, algorithm: str, data_subset: str, modality_subset: str,
+                resolution: str) -> str:
+    """How figures and pickers name a curve: ``dinov2 full/all 224 (reference)``."""
+    return f"{algorithm} {_subset(data_subset, modality_subset)} {resolution} ({source})"
 
 
 def checkpoint_labels(points: pd.DataFrame) -> pd.Series:
@@ -43,10 +55,10 @@ def checkpoint_labels(points: pd.DataFrame) -> pd.Series:
     return base.where(points["run_id"].isna(), base + " · probe " + points["run_id"])
 
 
-def _styles(df: pd.DataFrame) -> dict[tuple[str, str], str]:
-    """One marker per (data subset, modality subset) present, in a stable order."""
-    pairs = sorted(set(zip(df["data_subset"], df["modality_subset"])))
-    return {pair: MARKERS[i % len(MARKERS)] for i, pair in enumerate(pairs)}
+def _styles(df: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """One marker per (data subset, modality subset, resolution) present, in a stable order."""
+    keys = sorted(set(zip(df["data_subset"], df["modality_subset"], df[RESOLUTION])))
+    return {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(keys)}
 
 
 def _size_axis(ax: plt.Axes, sizes: pd.Series) -> None:
@@ -58,6 +70,11 @@ def _size_axis(ax: plt.Axes, sizes: pd.Series) -> None:
     for v in values:  # sizes closer than a factor 1.8 share a tick's room: label the first
         labels.append(f"{v:.3g}" if np.log10(v) - last > 0.25 else "")
         last = np.log10(v) if labels[-1] else last
+    _fixed_ticks(ax, values, labels)
+
+
+def _fixed_ticks(ax: plt.Axes, values: np.ndarray, labels: list[str]) -> None:
+    """Ticks at ``values`` only, named ``labels``: a log axis's own ticks name none of them."""
     ax.xaxis.set_major_locator(FixedLocator(values))
     ax.xaxis.set_major_formatter(FixedFormatter(labels))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -70,21 +87,22 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc",
     """Mean metric over tasks against size per curve; runs solid, reference dashed; random
     initialisations (:func:`biovfm_lib.analysis.inputs.baseline_points`) as grey crosses at
     their sizes, so a gain from pretraining reads as the height above them."""
-    df = points[(points.metric == metric) & points[x].notna()]
+    df = complete_labels(points[(points.metric == metric) & points[x].notna()])
     if df.empty:
         return _empty(f"no {metric} points with {x}")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    floor = _random_init(random_init, metric, x)
-    if len(floor):
-        mean = floor.groupby(x).value.mean()
-        ax.plot(mean.index, mean.values, "x:", color="grey", label="random init")
+    floor = _random_init(random_init, metric, x, df[RESOLUTION])
+    for resolution, f in floor.groupby(RESOLUTION):
+        mean = f.groupby(x).value.mean()
+        ax.plot(mean.index, mean.values, "x:", color="grey",
+                label=_floor_label(floor, resolution))
     markers = _styles(df)
-    for (source, algo, data, modality), g in df.groupby(CURVE):
+    for (source, algo, data, modality, resolution), g in df.groupby(CURVE):
         mean = g.groupby(x).value.mean()
-        ax.plot(mean.index, mean.values, marker=markers[data, modality],
+        ax.plot(mean.index, mean.values, marker=markers[data, modality, resolution],
                 ls="-" if source == "runs" else "--", color=COLORS.get(algo),
                 mfc=None if source == "runs" else "none",
-                label=curve_label(source, algo, data, modality))
+                label=curve_label(source, algo, data, modality, resolution))
     _size_axis(ax, pd.concat([df[x], floor[x]]))
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
@@ -98,25 +116,25 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
                      random_init: pd.DataFrame | None = None) -> plt.Figure:
     """One panel per task: points, the fitted power law per curve, a baseline line
     (BiomedCLIP) and random initialisations as grey crosses."""
-    df = points[(points.metric == metric) & points[x].notna()]
-    floor = _random_init(random_init, metric, x)
+    df = complete_labels(points[(points.metric == metric) & points[x].notna()])
+    floor = _random_init(random_init, metric, x, df[RESOLUTION])
     tasks = sorted(df.task.unique())
     if not tasks:
         return _empty(f"no {metric} points with {x}")
-    fits = slopes[(slopes.fit == "power_law") & (slopes.metric == metric)
-                  & (slopes.axis == "model_size")].set_index(["task", *CURVE])
+    fits = complete_labels(slopes[(slopes.fit == "power_law") & (slopes.metric == metric)
+                                  & (slopes.axis == "model_size")]).set_index(["task", *CURVE])
     markers = _styles(df)
     cols = 4
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        for (source, algo, data, modality), g in df[df.task == task].groupby(CURVE):
+        for (source, algo, data, modality, resolution), g in df[df.task == task].groupby(CURVE):
             g = g.sort_values(x)
             color = COLORS.get(algo)
-            ax.plot(g[x], g.value, markers[data, modality], color=color, ms=4,
+            ax.plot(g[x], g.value, markers[data, modality, resolution], color=color, ms=4,
                     mfc=None if source == "runs" else "none",
-                    label=curve_label(source, algo, data, modality))
-            key = (task, source, algo, data, modality)
+                    label=curve_label(source, algo, data, modality, resolution))
+            key = (task, source, algo, data, modality, resolution)
             if key in fits.index and np.isfinite(fits.loc[key, "slope"]):
                 xs = np.geomspace(g[x].min(), g[x].max(), 20)
                 logy = np.polyfit(np.log(g[x]), np.log(g.value), 1)  # same OLS line
@@ -127,8 +145,9 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
             if len(b):
                 ax.axhline(b.value.iloc[0], color="grey", ls=":", lw=1, label="BiomedCLIP")
         r = floor[floor.task == task].sort_values(x)
-        if len(r):
-            ax.plot(r[x], r.value, "x:", color="grey", ms=4, label="random init")
+        for resolution, f in r.groupby(RESOLUTION):
+            ax.plot(f[x], f.value, "x:", color="grey", ms=4,
+                    label=_floor_label(floor, resolution))
         _size_axis(ax, pd.concat([df.loc[df.task == task, x], r[x]]))
         ax.set_title(_short(task), fontsize=9)
     for ax in axes.flat[len(tasks):]:
@@ -139,13 +158,90 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
     return fig
 
 
-def _random_init(random_init: pd.DataFrame | None, metric: str, x: str) -> pd.DataFrame:
+def plot_resolution(points: pd.DataFrame, metric: str = "auc",
+                    random_init: pd.DataFrame | None = None) -> plt.Figure:
+    """Test ``metric`` against image size, one panel per task and one for the mean over tasks
+    (:func:`~biovfm_lib.analysis.scaling.task_mean`), one line per resolution curve (one
+    checkpoint at one encoder input size and fit), on a log2 axis ticked at the sizes probed;
+    random initialisations of the curve's model size, at the same input and fit, as grey
+    crosses, so the height above them is what pretraining adds at each resolution."""
+    curves = list(resolution_curves(points[points.metric == metric]))
+    if not curves:
+        return _empty(f"no {metric} points with an image size")
+    floors = _resolution_floors(random_init, metric, curves)
+    sizes = np.unique(pd.concat([curve["img_size"] for _, curve in curves]).to_numpy(float))
+    panels = [*sorted(set(pd.concat([curve["task"] for _, curve in curves]))), MEAN_TASK]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, panels):
+        for i, (labels, curve) in enumerate(curves):
+            line = _at_sizes(curve, task)
+            ax.plot(line.index, line.values, marker=MARKERS[i % len(MARKERS)], ms=4,
+                    color=COLORS.get(labels["algorithm"]), label=_resolution_label(labels))
+        for floor in floors:
+            line = _at_sizes(floor, task)
+            ax.plot(line.index, line.values, "x:", color="grey", ms=4, label="random init")
+        ax.set_xscale("log", base=2)
+        _fixed_ticks(ax, sizes, [f"{v:.0f}" for v in sizes])
+        ax.set_title("mean over tasks" if task == MEAN_TASK else _short(task), fontsize=9)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("image size (px)")
+    fig.supylabel(f"test {metric}")
+    fig.tight_layout()
+    return fig
+
+
+def _resolution_label(labels: dict) -> str:
+    """A resolution curve's name: ``dinov2 base full/all 28, 64, 128, 224/pad224``."""
+    return (f"{labels['algorithm']} {labels['size']} "
+            f"{_subset(labels['data_subset'], labels['modality_subset'])} {labels[RESOLUTION]}")
+
+
+def _at_sizes(frame: pd.DataFrame, task: str) -> pd.Series:
+    """One task's value per image size (repeated probes averaged), or the mean over the tasks
+    measured at every size for ``MEAN_TASK``."""
+    if task == MEAN_TASK:
+        return task_mean(frame, "img_size", by=()).set_index("img_size")["value"]
+    return frame[frame.task == task].groupby("img_size")["value"].mean()
+
+
+def _resolution_floors(random_init: pd.DataFrame | None, metric: str,
+                       curves: list[tuple[dict, pd.DataFrame]]) -> list[pd.DataFrame]:
+    """The random-initialisation rows of ``metric`` on each curve's input and fit at its model
+    size; a floor already drawn in full (the native point that closes a pad and a resize
+    curve alike) is not drawn again."""
+    if random_init is None or "img_size" not in random_init:
+        return []
+    rows = random_init[random_init.metric == metric]
+    floors, drawn = [], set()
+    for labels, _ in curves:
+        floor = rows[(rows["size"] == labels["size"])
+                     & on_curve(rows, labels["input_size"], labels["input_fit"])]
+        if not set(floor.index) <= drawn:
+            floors.append(floor)
+            drawn |= set(floor.index)
+    return floors
+
+
+def _random_init(random_init: pd.DataFrame | None, metric: str, x: str,
+                 resolutions: pd.Series) -> pd.DataFrame:
     """The random-initialisation rows of ``metric`` placed on ``x`` (only the study's x is
-    defined for an encoder that was never pretrained; none on another axis)."""
+    defined for an encoder that was never pretrained; none on another axis), at the
+    ``resolutions`` drawn: a floor at another resolution is no floor of these curves."""
     if random_init is None or x not in random_init:
-        return pd.DataFrame(columns=["task", "value", x])
-    rows = random_init[(random_init.metric == metric) & random_init[x].notna()]
-    return rows[["task", "value", x]]
+        return pd.DataFrame(columns=["task", "value", x, RESOLUTION])
+    rows = complete_labels(random_init)
+    rows = rows[(rows.metric == metric) & rows[x].notna() & rows[RESOLUTION].isin(resolutions)]
+    return rows[["task", "value", x, RESOLUTION]]
+
+
+def _floor_label(floor: pd.DataFrame, resolution: str) -> str:
+    """``random init``, naming the resolution only where floors of several are drawn."""
+    several = floor[RESOLUTION].nunique() > 1
+    return f"random init {resolution}" if several else "random init"
 
 
 def _empty(message: str) -> plt.Figure:
@@ -157,9 +253,10 @@ def _empty(message: str) -> plt.Figure:
 
 def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law",
                 axis: str = "model_size") -> plt.Figure:
-    """Slope per task and curve (algorithm, data subset, modality subset) with its 95% CI,
-    one panel per source; hatching tells the subsets of one algorithm apart."""
-    df = slopes[(slopes.metric == metric) & (slopes.fit == fit) & (slopes.axis == axis)]
+    """Slope per task and curve (algorithm, data subset, modality subset, resolution) with its
+    95% CI, one panel per source; hatching tells the subsets of one algorithm apart."""
+    df = complete_labels(slopes[(slopes.metric == metric) & (slopes.fit == fit)
+                                & (slopes.axis == axis)])
     sources = sorted(df.source.unique())
     if not sources:
         return _empty(f"no {fit} slopes of {metric}")
@@ -168,15 +265,15 @@ def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law
         d = df[df.source == source]
         tasks = sorted(d.task.unique(), key=lambda t: (t == "mean", t))
         curves = list(d.groupby(CURVE[1:], sort=True))
-        subsets = sorted({(data, modality) for (_, data, modality), _ in curves})
+        subsets = sorted({key[1:] for key, _ in curves})
         width = 0.8 / max(len(curves), 1)
-        for i, ((algo, data, modality), c) in enumerate(curves):
+        for i, ((algo, data, modality, resolution), c) in enumerate(curves):
             a = c.set_index("task").reindex(tasks)
             err = np.vstack([a.slope - a.ci_low, a.ci_high - a.slope]).astype(float)
             ax.bar(np.arange(len(tasks)) + i * width, a.slope, width,
                    yerr=np.where(np.isfinite(err), err, 0), capsize=2, color=COLORS.get(algo),
-                   hatch=HATCHES[subsets.index((data, modality)) % len(HATCHES)],
-                   edgecolor="white", label=f"{algo} {_subset(data, modality)}")
+                   hatch=HATCHES[subsets.index((data, modality, resolution)) % len(HATCHES)],
+                   edgecolor="white", label=f"{algo} {_subset(data, modality)} {resolution}")
         ax.set_xticks(np.arange(len(tasks)) + width * (len(curves) - 1) / 2,
                       [_short(t) for t in tasks], rotation=90)
         ax.axhline(0, color="black", lw=0.5)

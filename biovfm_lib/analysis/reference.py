@@ -15,7 +15,10 @@ pretrains on all of BioVFM-21M: :func:`load_reference` labels those rows ``data_
 gets (see :mod:`biovfm_lib.analysis.inputs`), so slopes from both sources hold the subset
 fixed the same way. BiomedCLIP was pretrained elsewhere (PMC figures, not BioVFM-21M) and gets
 ``external`` for both. The loader also exposes ``params_total_m`` as ``params_study_m``, the
-name under which runs carry the same x (:mod:`biovfm_lib.analysis.inputs`).
+name under which runs carry the same x (:mod:`biovfm_lib.analysis.inputs`). The study
+probed MedMNIST+'s 224 px files at 224 px, so every row says so (``img_size`` and
+``input_size`` 224, ``resolution`` ``"224"``) and is fitted beside runs of that resolution
+only.
 
 Besides the AUCs, the study published its per-task slopes (the bar charts' 4-decimal labels;
 ``biovfm_paper_slopes.csv``) and its Pearson r of those slopes with task properties
@@ -29,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biovfm_lib.analysis.scaling import SLOPE_COLUMNS, UNRECORDED_RECIPE
+from biovfm_lib.analysis.inputs import UNRECORDED, resolution_label
+from biovfm_lib.analysis.scaling import SLOPE_COLUMNS
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "params" / "reference"
 REFERENCE_CSV = REFERENCE_DIR / "biovfm_paper_auc.csv"
@@ -45,6 +49,8 @@ STUDY_SUBSET = ("full", "all")
 EXTERNAL = "external"
 STUDY_X = "params_study_m"  # derived: the study's x under the name runs carry it
 STUDY_RECIPE = "study"  # what the study pretrained with, by definition of our recipe names
+STUDY_IMG_SIZE = 224  # MedMNIST+ files of 224 px, probed at their own size
+STUDY_RESOLUTION = resolution_label(STUDY_IMG_SIZE, STUDY_IMG_SIZE, None)
 STUDY_XS = (STUDY_X, "params_total_m")  # the same numbers in the reference table
 # The study's algorithm labels -> this project's spelling.
 STUDY_ALGORITHMS = {"DINOv2": "dinov2", "MAE": "mae"}
@@ -65,8 +71,8 @@ def load_reference(path: str | Path | None = None) -> pd.DataFrame:
     """Read the reference table, failing loudly (file and column named) if it is malformed,
     because silently mis-parsed reference numbers would corrupt every comparison downstream.
 
-    Returns the CSV's ``COLUMNS`` plus the derived ``SUBSET_COLUMNS`` and ``STUDY_X`` (see the
-    module notes).
+    Returns the CSV's ``COLUMNS`` plus the derived ``SUBSET_COLUMNS``, ``STUDY_X``, ``recipe``
+    and the study's resolution (see the module notes).
     """
     path = Path(path) if path is not None else REFERENCE_CSV
     if not path.is_file():
@@ -90,7 +96,10 @@ def load_reference(path: str | Path | None = None) -> pd.DataFrame:
     return df[list(COLUMNS)].assign(**{col: study.map({True: label, False: EXTERNAL})
                                        for col, label in zip(SUBSET_COLUMNS, STUDY_SUBSET)},
                                     **{STUDY_X: df["params_total_m"]},
-                                    recipe=study.map({True: STUDY_RECIPE, False: EXTERNAL}))
+                                    recipe=study.map({True: STUDY_RECIPE, False: EXTERNAL}),
+                                    img_size=float(STUDY_IMG_SIZE),
+                                    input_size=float(STUDY_IMG_SIZE),
+                                    resolution=STUDY_RESOLUTION)
 
 
 def _read_study_table(path: Path, columns: tuple[str, ...], numeric: str) -> pd.DataFrame:
@@ -127,7 +136,7 @@ def published_slope_table(published: pd.DataFrame | None = None) -> pd.DataFrame
     published = load_published_slopes() if published is None else published
     labels = {"source": "published", "metric": "auc", "axis": "model_size", "fit": "power_law",
               "data_subset": STUDY_SUBSET[0], "modality_subset": STUDY_SUBSET[1],
-              "recipe": STUDY_RECIPE, "n_points": 4,
+              "recipe": STUDY_RECIPE, "resolution": STUDY_RESOLUTION, "n_points": 4,
               "note": "the study's bar-chart label (4 decimals)"}
     return published.assign(**labels).reindex(columns=SLOPE_COLUMNS)
 
@@ -148,16 +157,18 @@ def compare_slopes(slopes: pd.DataFrame, published: pd.DataFrame | None = None) 
     (ours minus the study's).
 
     ``slopes`` is a :func:`~biovfm_lib.analysis.scaling.scaling_slopes` table; only its
-    whole-corpus (``full`` / ``all``) model-size AUC rows of the study recipe are the study's
-    experiment. Only
-    fits on the study's x (``STUDY_XS``) are comparable: the caller checks that.
+    whole-corpus (``full`` / ``all``) model-size AUC rows of the study recipe, probed at the
+    study's resolution, are the study's experiment. Only fits on the study's x (``STUDY_XS``)
+    are comparable: the caller checks that.
     """
     published = load_published_slopes() if published is None else published
     ours = slopes.query("fit == 'power_law' and axis == 'model_size' and metric == 'auc' and "
                         "data_subset == 'full' and modality_subset == 'all'").dropna(
                             subset=["slope"])  # a curve of one size has no slope to compare
     if "recipe" in ours:  # another recipe's slope is another experiment than the study's
-        ours = ours[ours["recipe"].isin([STUDY_RECIPE, UNRECORDED_RECIPE])]
+        ours = ours[ours["recipe"].isin([STUDY_RECIPE, UNRECORDED])]
+    if "resolution" in ours:  # a slope of 28 px probes is another experiment too
+        ours = ours[ours["resolution"].isin([STUDY_RESOLUTION, UNRECORDED])]
     merged = ours[["source", "algorithm", "task", "slope"]].merge(
         published.rename(columns={"slope": "published"}), on=["algorithm", "task"], how="inner")
     merged = merged.assign(diff=merged["slope"] - merged["published"],

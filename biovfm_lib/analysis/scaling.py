@@ -28,6 +28,16 @@ Every curve also holds its pretraining ``recipe`` fixed (``study``, ``dinov2_p14
 two recipes are two curves, never one fit. Points without a ``recipe`` column (a table from a
 single source, such as the study's published numbers) form one recipe, labelled
 ``unrecorded``.
+
+Every curve holds the probe's ``resolution`` fixed as well (``"224"``, ``"28/pad224"``; see
+:func:`biovfm_lib.analysis.inputs.resolution_label`): one checkpoint probed at 28 and at 224 px
+would otherwise be two points at one model size, and the gap between them would read as noise
+in the model-size slope. Points without the column (tables built by hand) form one
+resolution, ``unrecorded`` like the recipe. Resolution is an axis of its own in
+:func:`resolution_slopes` (``axis = "resolution"``): one checkpoint at one encoder input size
+(MedMNIST+'s protocol: smaller images zero-padded or resized to the input, so compute is held
+fixed) against the image size; its ``resolution`` lists the sizes the curve spans
+(``"28, 64, 128, 224/pad224"``).
 """
 from __future__ import annotations
 
@@ -40,23 +50,30 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import optimize
 
+from biovfm_lib.analysis.inputs import UNKNOWN, UNRECORDED
+
 SLOPE_COLUMNS = [
     "source", "algorithm", "task", "metric", "axis", "fit",
     "slope", "se", "ci_low", "ci_high", "p_value", "n_points",
-    "data_subset", "modality_subset", "recipe", "note",
+    "data_subset", "modality_subset", "recipe", "resolution", "note",
 ]
 FIT_COLUMNS = SLOPE_COLUMNS[6:12]  # what a fit returns, besides its note
 SUBSET_COLUMNS = ["data_subset", "modality_subset"]
 RECIPE = "recipe"
-UNRECORDED_RECIPE = "unrecorded"
+RESOLUTION = "resolution"
 MEAN_TASK = "mean"
+PAIRED = [*SUBSET_COLUMNS, RESOLUTION]  # what both algorithms of a comparison share
+# One checkpoint at one encoder input size: a curve against the image size.
+RESOLUTION_KEYS = ["algorithm", RECIPE, "size", *SUBSET_COLUMNS, "checkpoint", "input_size",
+                   "metric"]
+RESOLUTION_SLOPE_COLUMNS = [*SLOPE_COLUMNS, "size", "checkpoint"]
 
 
-def _with_recipe(points: pd.DataFrame) -> pd.DataFrame:
-    """``points`` with a complete ``recipe`` label (see the module notes), so grouping by it
-    keeps every point and never pools two recipes."""
-    recipe = points[RECIPE].fillna(UNRECORDED_RECIPE) if RECIPE in points else UNRECORDED_RECIPE
-    return points.assign(**{RECIPE: recipe})
+def complete_labels(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with complete ``recipe`` and ``resolution`` labels (see the module notes), so
+    grouping by them keeps every point and never pools two recipes or resolutions."""
+    return points.assign(**{col: points[col].fillna(UNRECORDED) if col in points else UNRECORDED
+                            for col in (RECIPE, RESOLUTION)})
 
 
 def _nan_result(n_points: int, note: str, **extra: float) -> dict:
@@ -188,7 +205,8 @@ def fit_saturating(
     }
 
 
-def task_mean(points: pd.DataFrame, x: str, by: Sequence[str] = ("algorithm", "metric")) -> pd.DataFrame:
+def task_mean(points: pd.DataFrame, x: str, by: Sequence[str] = ("algorithm", "metric")
+              ) -> pd.DataFrame:
     """Mean ``value`` per (``by``, x) over the tasks measured at *every* (``by``, x) cell.
 
     Restricting to complete tasks keeps the mean curve from jumping when a task is missing at
@@ -218,7 +236,7 @@ def _usable(points: pd.DataFrame, x: str, metrics: Sequence[str] | None) -> pd.D
     df = df.dropna(subset=[x, "value"])
     if df[SUBSET_COLUMNS].isna().any().any():
         raise ValueError(f"points without a {' or '.join(SUBSET_COLUMNS)} label")
-    return _with_recipe(df)
+    return complete_labels(df)
 
 
 def _fit_rows(group: pd.DataFrame, x: str, labels: dict, n_boot: int) -> list[dict]:
@@ -248,8 +266,8 @@ def scaling_slopes(
     source: str = "runs",
     n_boot: int = 1000,
 ) -> pd.DataFrame:
-    """One row per (algorithm, recipe, data subset, modality subset, task, metric, fit) with
-    ``fit`` in {"power_law", "saturating"}.
+    """One row per (algorithm, recipe, data subset, modality subset, resolution, task, metric,
+    fit) with ``fit`` in {"power_law", "saturating"}.
 
     ``points`` is tidy (``algorithm, task, metric, value, data_subset, modality_subset`` and
     the ``x`` column); rows missing x or value (e.g. BiomedCLIP, which has no size) are
@@ -259,7 +277,7 @@ def scaling_slopes(
     """
     df = _usable(points, x, metrics)
     rows = []
-    keys = ["algorithm", RECIPE, *SUBSET_COLUMNS, "metric"]
+    keys = ["algorithm", RECIPE, *SUBSET_COLUMNS, RESOLUTION, "metric"]
     for values, group in df.groupby(keys, sort=True):
         labels = {"source": source, "axis": axis, **dict(zip(keys, values))}
         rows += _fit_rows(group, x, labels, n_boot)
@@ -289,23 +307,24 @@ def compare_algorithms(
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Do algorithms ``a`` and ``b`` scale at different rates? One row per data subset,
-    modality subset, pair of recipes (``recipe_a``, ``recipe_b``) and shared task, plus the
-    mean.
+    modality subset, resolution, pair of recipes (``recipe_a``, ``recipe_b``) and shared task,
+    plus the mean.
 
-    Both algorithms are compared on the same pretraining subset only: a subset that one of them
-    lacks gives no rows. Each algorithm's curve holds one recipe. Pools both curves in one OLS
-    of ``log y`` on ``log x``, an indicator for ``a`` and their interaction; the interaction is
-    ``diff = slope_a - slope_b``, reported with its se, CI and t-test p-value. Pooling assumes
-    a common residual variance for the two curves, and with 4 sizes per algorithm leaves only 4
-    residual df, so the test has little power: a large p means "not shown to differ", not
-    "equal". The mean compares both algorithms over the same tasks (those present at every x
-    for both).
+    Both algorithms are compared on the same pretraining subset and probe resolution only: one
+    that either of them lacks gives no rows. Each algorithm's curve holds one recipe. Pools
+    both curves in one OLS of ``log y`` on ``log x``, an indicator for ``a`` and their
+    interaction; the interaction is ``diff = slope_a - slope_b``, reported with its se, CI and
+    t-test p-value. Pooling assumes a common residual variance for the two curves, and with 4
+    sizes per algorithm leaves only 4 residual df, so the test has little power: a large p
+    means "not shown to differ", not "equal". The mean compares both algorithms over the same
+    tasks (those present at every x for both).
     """
-    columns = ["task", "metric", *SUBSET_COLUMNS, "a", "b", "recipe_a", "recipe_b", "slope_a",
-               "slope_b", "diff", "se", "ci_low", "ci_high", "p_value", "n_points", "note"]
+    columns = ["task", "metric", *SUBSET_COLUMNS, RESOLUTION, "a", "b", "recipe_a", "recipe_b",
+               "slope_a", "slope_b", "diff", "se", "ci_low", "ci_high", "p_value", "n_points",
+               "note"]
     df = _usable(points, x, [metric])
     rows = []
-    for subset, recipes, pair in _recipe_pairs(df[df["algorithm"].isin([a, b])], a, b):
+    for held, recipes, pair in _recipe_pairs(df[df["algorithm"].isin([a, b])], a, b):
         tasks = {algo: set(pair.loc[pair["algorithm"] == algo, "task"]) for algo in (a, b)}
         if not (tasks[a] and tasks[b]):
             continue
@@ -314,8 +333,8 @@ def compare_algorithms(
         n_tasks = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
         curves.append((MEAN_TASK, mean, f"mean over {n_tasks} task(s)"))
         for task, g, note in curves:
-            row = {"task": task, "metric": metric, **dict(zip(SUBSET_COLUMNS, subset)), "a": a,
-                   "b": b, **dict(zip(("recipe_a", "recipe_b"), recipes)), "n_points": len(g)}
+            row = {"task": task, "metric": metric, **dict(zip(PAIRED, held)), "a": a, "b": b,
+                   **dict(zip(("recipe_a", "recipe_b"), recipes)), "n_points": len(g)}
             ok = all(g.loc[g["algorithm"] == algo, x].nunique() >= 2 for algo in (a, b))
             positive = bool((g[x] > 0).all() and (g["value"] > 0).all())
             if ok and positive and len(g) > 4:
@@ -331,22 +350,23 @@ def compare_algorithms(
 
 def _recipe_pairs(df: pd.DataFrame, a: str, b: str
                   ) -> Iterator[tuple[tuple, tuple[str, str], pd.DataFrame]]:
-    """``(subset labels, (recipe of a, recipe of b), points)`` for every subset and every pair
-    of the two algorithms' recipes in it: one recipe per algorithm in each comparison."""
-    for subset, in_subset in df.groupby(SUBSET_COLUMNS, sort=True):
+    """``(subset and resolution labels, (recipe of a, recipe of b), points)`` for every subset
+    and resolution and every pair of the two algorithms' recipes in it: one recipe per
+    algorithm in each comparison."""
+    for held, in_subset in df.groupby(PAIRED, sort=True):
         recipes = {algo: sorted(set(in_subset.loc[in_subset["algorithm"] == algo, RECIPE]))
                    for algo in (a, b)}
         for ra, rb in itertools.product(recipes[a], recipes[b]):
             keep = (((in_subset["algorithm"] == a) & (in_subset[RECIPE] == ra))
                     | ((in_subset["algorithm"] == b) & (in_subset[RECIPE] == rb)))
-            yield subset, (ra, rb), in_subset[keep]
+            yield held, (ra, rb), in_subset[keep]
 
 
 def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = None,
                         source: str = "runs", n_boot: int = 1000,
                         x: str = "n_train_images") -> pd.DataFrame:
-    """Slopes against data size, one (algorithm, recipe, model size, modality subset) at a
-    time.
+    """Slopes against data size, one (algorithm, recipe, model size, modality subset,
+    resolution) at a time.
 
     Mixing model sizes or modality pools would confound them with data size, so each gets its
     own fits, labelled ``axis = "data_size:<size>"``; its ``data_subset`` lists the subsets
@@ -356,16 +376,81 @@ def data_scaling_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = No
     """
     df = _usable(points, x, metrics).dropna(subset=["size"])
     rows = []
-    keys = ["algorithm", RECIPE, "size", "modality_subset", "metric"]
+    keys = ["algorithm", RECIPE, "size", "modality_subset", RESOLUTION, "metric"]
     for values, group in df.groupby(keys, sort=True):
         labels = dict(zip(keys, values))
         spanned = group.groupby("data_subset")[x].median().sort_values().index
         rows += _fit_rows(group, x, {
             "source": source, "algorithm": labels["algorithm"], RECIPE: labels[RECIPE],
-            "metric": labels["metric"],
+            RESOLUTION: labels[RESOLUTION], "metric": labels["metric"],
             "axis": f"data_size:{labels['size']}", "data_subset": ", ".join(spanned),
             "modality_subset": labels["modality_subset"]}, n_boot)
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
+
+
+def on_curve(points: pd.DataFrame, input_size: float, input_fit: str) -> pd.Series:
+    """Which ``points`` lie on the resolution curve of encoder input ``input_size`` brought
+    there by ``input_fit``: those fitted to it that way, and those probed at their own size,
+    which no fit touched and so belong to every fit's curve (the 224 px end of a pad224 curve
+    and of a resize224 one alike)."""
+    native = points["img_size"] == points["input_size"]
+    fitted = points["input_fit"].fillna(UNKNOWN) == input_fit
+    return (points["input_size"] == input_size) & (native | fitted)
+
+
+def resolution_span(img_sizes: Iterable[float], input_size: float, input_fit: str) -> str:
+    """How a resolution curve is named: the image sizes it spans, smallest first, and the
+    input they were brought to (``"28, 64, 128, 224/pad224"``); a curve of native points
+    alone is just its size, as :func:`~biovfm_lib.analysis.inputs.resolution_label` says."""
+    spanned = ", ".join(f"{int(v)}" for v in sorted(set(img_sizes)))
+    return f"{spanned}/{input_fit}{int(input_size)}" if input_fit else spanned
+
+
+def resolution_curves(points: pd.DataFrame) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """``(labels, points)`` per curve of metric against image size: one checkpoint
+    (:data:`RESOLUTION_KEYS`) at one encoder input size, one per way smaller images were
+    brought to it (:func:`on_curve`). ``labels`` holds the keys, ``input_fit`` ("" for a curve
+    of native points only) and ``resolution``, the curve's :func:`resolution_span`. Fits and
+    figures both walk these, so a drawn line is always a fitted one."""
+    missing = {*RESOLUTION_KEYS, "img_size", "input_fit", "task", "value"} - set(points.columns)
+    if missing:
+        raise KeyError(f"points lack column(s) {sorted(missing)}")
+    df = complete_labels(points).dropna(subset=["img_size", "input_size", "value"])
+    for values, group in df.groupby(RESOLUTION_KEYS, sort=True, dropna=False):
+        labels = dict(zip(RESOLUTION_KEYS, values))
+        native = group["img_size"] == group["input_size"]
+        fits = sorted(set(group.loc[~native, "input_fit"].fillna(UNKNOWN))) or [""]
+        for fit in fits:
+            curve = group[on_curve(group, labels["input_size"], fit)]
+            span = resolution_span(curve["img_size"], labels["input_size"], fit)
+            yield {**labels, "input_fit": fit, RESOLUTION: span}, curve
+
+
+def resolution_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The ``points`` on some resolution curve (:func:`resolution_curves`) that spans at least
+    two image sizes: checkpoints probed at one resolution, as every model-size run is, have no
+    resolution slope to give."""
+    kept = [curve.index for _, curve in resolution_curves(points)
+            if curve["img_size"].nunique() >= 2]
+    return points.loc[np.unique(np.concatenate(kept))] if kept else points.iloc[:0]
+
+
+def resolution_slopes(points: pd.DataFrame, metrics: Sequence[str] | None = None,
+                      source: str = "runs", n_boot: int = 1000) -> pd.DataFrame:
+    """Slopes of each metric against the image size (``img_size``), one checkpoint at one
+    encoder input size and fit at a time (:func:`resolution_curves`), labelled ``axis =
+    "resolution"``; with compute held fixed, the slope says what the information in the pixels
+    is worth to a task. Columns: :data:`RESOLUTION_SLOPE_COLUMNS`, the checkpoint's ``size``
+    and path after the slope table's own. A curve with a single image size reports why it has
+    no slope, as a data-size curve with a single subset does."""
+    df = points if metrics is None else points[points["metric"].isin(list(metrics))]
+    rows = []
+    for labels, curve in resolution_curves(df):
+        rows += _fit_rows(curve, "img_size", {
+            "source": source, "axis": "resolution",
+            **{k: labels[k] for k in ("algorithm", RECIPE, *SUBSET_COLUMNS, RESOLUTION, "metric",
+                                      "size", "checkpoint")}}, n_boot)
+    return pd.DataFrame(rows, columns=RESOLUTION_SLOPE_COLUMNS)
 
 
 def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
@@ -374,11 +459,14 @@ def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 
     Every cell averages the same tasks (those measured in every cell, see :func:`task_mean`),
     so a run probed on fewer tasks cannot look better or worse for it; their number is in
-    ``table.attrs["n_tasks"]``. Points that carry a ``recipe`` add it to the rows, so two
-    recipes are never averaged into one cell.
+    ``table.attrs["n_tasks"]``. Points that carry a ``recipe`` add it to the rows, and so do
+    points of several resolutions, so two recipes or resolutions are never averaged into one
+    cell.
     """
-    keys = ["algorithm", *([RECIPE] if RECIPE in points else []), "size", "data_subset"]
-    points = _with_recipe(points)
+    several = RESOLUTION in points and points[RESOLUTION].nunique(dropna=False) > 1
+    keys = ["algorithm", *([RECIPE] if RECIPE in points else []),
+            *([RESOLUTION] if several else []), "size", "data_subset"]
+    points = complete_labels(points)
     mean = task_mean(points[points["metric"] == metric], "modality_subset", by=keys)
     table = mean.pivot_table(index=keys, columns="modality_subset", values="value")
     table.attrs["n_tasks"] = int(mean["n_tasks"].iloc[0]) if len(mean) else 0
@@ -388,17 +476,20 @@ def subset_table(points: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
 def gain_over_random(points: pd.DataFrame, random_init: pd.DataFrame, metric: str = "auc"
                      ) -> pd.DataFrame:
     """Mean test ``metric`` of each checkpoint group (algorithm, size, data and modality
-    subset) beside the random initialisation of its size, over the tasks both were probed on:
-    a scaling slope says nothing about whether pretraining helped at all, this table does.
-    Groups whose size has no random-initialisation run are left out."""
-    keys = ["algorithm", *([RECIPE] if RECIPE in points else []), "size", "data_subset",
-            "modality_subset"]
+    subset, probe resolution) beside the random initialisation of its size probed at its
+    resolution, over the tasks both were probed on: a scaling slope says nothing about whether
+    pretraining helped at all, this table does. Groups whose size and resolution have no
+    random-initialisation run are left out."""
+    keys = ["algorithm", *[col for col in (RECIPE, RESOLUTION) if col in points], "size",
+            "data_subset", "modality_subset"]
+    points, random_init = complete_labels(points), complete_labels(random_init)
     runs_ = points[(points["source"] == "runs") & (points["metric"] == metric)]
     floor = random_init[random_init["metric"] == metric]
     rows = []
     for key, g in runs_.groupby(keys, dropna=False):
         group = dict(zip(keys, key))
-        base = floor[floor["size"] == group["size"]].set_index("task")["value"]
+        at = (floor["size"] == group["size"]) & (floor[RESOLUTION] == g[RESOLUTION].iloc[0])
+        base = floor[at].set_index("task")["value"]
         per_task = g.groupby("task")["value"].mean()
         tasks = per_task.index.intersection(base.index)
         if len(tasks):
