@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lab bench gpu-check chromium clean-venv
+.PHONY: help demo resolution test lab bench gpu-check chromium clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -21,6 +21,11 @@ demo: $(STAMP) ## the workbook at smoke scale (CPU, minutes): corpus, smoke grid
 	$(BIN)/biovfm data synth --root outputs/data/synthetic --size 28 --scale 0.02
 	$(BIN)/biovfm run 01_curation -f params/curation/demo.yaml
 	$(BIN)/biovfm grid params/grids/smoke.yaml --jobs 2
+	$(BIN)/biovfm report
+
+resolution: $(STAMP) ## one checkpoint probed at 28/64/128/224 px, MedMNIST+'s way (CPU, minutes)
+	$(BIN)/biovfm run 02_pretrain -f params/pretrain/resolution_smoke.yaml
+	$(BIN)/biovfm grid params/grids/resolution_smoke.yaml --jobs 2
 	$(BIN)/biovfm report
 
 test: $(STAMP) chromium ## run the test suite

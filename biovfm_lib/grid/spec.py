@@ -3,12 +3,12 @@
 A grid file (``params/grids/NAME.yaml``) names the notebooks every point runs (``steps``), the
 ``axes`` and what each axis value sets (or ``skip``, for a step its points leave out: a
 random-initialisation baseline probes without pretraining), optional ``sweeps`` (which
-combinations run), the ``analysis`` notebooks run once over all points, and ``slurm`` options. A point's id hashes
-the notebooks and merged parameters it runs, so an edited parameter file or axis value gives
-a new point instead of silently reusing an old result, and the same point in two grid files is
-one experiment. The file's structure is checked when it is loaded, with errors that name the
-key; parameter values are validated per point (``Point.validate``) before anything runs, so a
-bad value fails its point, not the grid.
+combinations run), the ``analysis`` notebooks run once over all points, and ``slurm``
+options. A point's id hashes the notebooks and merged parameters it runs, so an edited
+parameter file or axis value gives a new point instead of silently reusing an old result, and
+the same point in two grid files is one experiment. The file's structure is checked when it
+is loaded, with errors that name the key; parameter values are validated per point
+(``Point.validate``) before anything runs, so a bad value fails its point, not the grid.
 """
 from __future__ import annotations
 
