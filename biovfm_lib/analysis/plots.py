@@ -1,9 +1,9 @@
 """The figures of notebooks 04_scaling and 05_task_properties.
 
-Scaling figures draw one curve per source, algorithm, data subset, modality subset and probe
-resolution, the same grouping the slope fits use, so a drawn line is always the fitted one:
-colour says the algorithm, marker the subset and resolution, line style (and hollow markers)
-the reference table. The resolution figure walks the fits' own resolution curves
+Scaling figures draw one curve per source, algorithm, recipe, data subset, modality subset and
+probe resolution, the same grouping the slope fits use, so a drawn line is always the fitted
+one: colour says the algorithm, marker the recipe, subset and resolution, line style (and
+hollow markers) the reference table. The resolution figure walks the fits' own resolution curves
 (:func:`biovfm_lib.analysis.scaling.resolution_curves`) for the same reason.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from biovfm_lib.analysis.scaling import (
     MEAN_TASK,
+    RECIPE,
     RESOLUTION,
     complete_labels,
     on_curve,
@@ -23,7 +24,7 @@ from biovfm_lib.analysis.scaling import (
 )
 
 COLORS = {"dinov2": "tab:blue", "mae": "tab:orange"}
-CURVE = ["source", "algorithm", "data_subset", "modality_subset", RESOLUTION]
+CURVE = ["source", "algorithm", RECIPE, "data_subset", "modality_subset", RESOLUTION]
 MARKERS = "os^DvP<>"
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 
@@ -36,10 +37,11 @@ def _subset(data_subset: str, modality_subset: str) -> str:
     return f"{data_subset}/{modality_subset}"
 
 
-def curve_label(source: str, algorithm: str, data_subset: str, modality_subset: str,
-                resolution: str) -> str:
-    """How figures and pickers name a curve: ``dinov2 full/all 224 (reference)``."""
-    return f"{algorithm} {_subset(data_subset, modality_subset)} {resolution} ({source})"
+def curve_label(source: str, algorithm: str, recipe: str, data_subset: str,
+                modality_subset: str, resolution: str) -> str:
+    """How figures and pickers name a curve: ``dinov2 study full/all 224 (reference)``."""
+    return (f"{algorithm} {recipe} {_subset(data_subset, modality_subset)} {resolution} "
+            f"({source})")
 
 
 def checkpoint_labels(points: pd.DataFrame) -> pd.Series:
@@ -48,16 +50,20 @@ def checkpoint_labels(points: pd.DataFrame) -> pd.Series:
     A reference checkpoint is the study's model of one algorithm and size; a run's is also told
     apart by its probe run, since one checkpoint may be probed more than once.
     """
+    points = complete_labels(points)
     base = (points["source"] + " · " + points["algorithm"] + " " + points["size"].fillna("")
-            + " · " + points["data_subset"] + "/" + points["modality_subset"])
+            + " " + points[RECIPE] + " · " + points["data_subset"] + "/"
+            + points["modality_subset"] + " · " + points[RESOLUTION])
     if "run_id" not in points:
         return base
     return base.where(points["run_id"].isna(), base + " · probe " + points["run_id"])
 
 
-def _styles(df: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """One marker per (data subset, modality subset, resolution) present, in a stable order."""
-    keys = sorted(set(zip(df["data_subset"], df["modality_subset"], df[RESOLUTION])))
+def _styles(df: pd.DataFrame) -> dict[tuple[str, str, str, str], str]:
+    """One marker per (recipe, data subset, modality subset, resolution) present, in a stable
+    order."""
+    keys = sorted(set(zip(df[RECIPE], df["data_subset"], df["modality_subset"],
+                          df[RESOLUTION])))
     return {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(keys)}
 
 
@@ -97,12 +103,12 @@ def plot_mean_scaling(points: pd.DataFrame, x: str, metric: str = "auc",
         ax.plot(mean.index, mean.values, "x:", color="grey",
                 label=_floor_label(floor, resolution))
     markers = _styles(df)
-    for (source, algo, data, modality, resolution), g in df.groupby(CURVE):
+    for (source, algo, *style), g in df.groupby(CURVE):
         mean = g.groupby(x).value.mean()
-        ax.plot(mean.index, mean.values, marker=markers[data, modality, resolution],
+        ax.plot(mean.index, mean.values, marker=markers[tuple(style)],
                 ls="-" if source == "runs" else "--", color=COLORS.get(algo),
                 mfc=None if source == "runs" else "none",
-                label=curve_label(source, algo, data, modality, resolution))
+                label=curve_label(source, algo, *style))
     _size_axis(ax, pd.concat([df[x], floor[x]]))
     ax.set_xlabel(x)
     ax.set_ylabel(f"mean test {metric}")
@@ -128,13 +134,13 @@ def plot_task_panels(points: pd.DataFrame, slopes: pd.DataFrame, x: str, metric:
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        for (source, algo, data, modality, resolution), g in df[df.task == task].groupby(CURVE):
+        for (source, algo, *style), g in df[df.task == task].groupby(CURVE):
             g = g.sort_values(x)
             color = COLORS.get(algo)
-            ax.plot(g[x], g.value, markers[data, modality, resolution], color=color, ms=4,
+            ax.plot(g[x], g.value, markers[tuple(style)], color=color, ms=4,
                     mfc=None if source == "runs" else "none",
-                    label=curve_label(source, algo, data, modality, resolution))
-            key = (task, source, algo, data, modality, resolution)
+                    label=curve_label(source, algo, *style))
+            key = (task, source, algo, *style)
             if key in fits.index and np.isfinite(fits.loc[key, "slope"]):
                 xs = np.geomspace(g[x].min(), g[x].max(), 20)
                 logy = np.polyfit(np.log(g[x]), np.log(g.value), 1)  # same OLS line
@@ -253,8 +259,8 @@ def _empty(message: str) -> plt.Figure:
 
 def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law",
                 axis: str = "model_size") -> plt.Figure:
-    """Slope per task and curve (algorithm, data subset, modality subset, resolution) with its
-    95% CI, one panel per source; hatching tells the subsets of one algorithm apart."""
+    """Slope per task and curve (algorithm, recipe, data subset, modality subset, resolution)
+    with its 95% CI, one panel per source; hatching tells the curves of one algorithm apart."""
     df = complete_labels(slopes[(slopes.metric == metric) & (slopes.fit == fit)
                                 & (slopes.axis == axis)])
     sources = sorted(df.source.unique())
@@ -267,13 +273,14 @@ def plot_slopes(slopes: pd.DataFrame, metric: str = "auc", fit: str = "power_law
         curves = list(d.groupby(CURVE[1:], sort=True))
         subsets = sorted({key[1:] for key, _ in curves})
         width = 0.8 / max(len(curves), 1)
-        for i, ((algo, data, modality, resolution), c) in enumerate(curves):
+        for i, ((algo, recipe, data, modality, resolution), c) in enumerate(curves):
             a = c.set_index("task").reindex(tasks)
             err = np.vstack([a.slope - a.ci_low, a.ci_high - a.slope]).astype(float)
             ax.bar(np.arange(len(tasks)) + i * width, a.slope, width,
                    yerr=np.where(np.isfinite(err), err, 0), capsize=2, color=COLORS.get(algo),
-                   hatch=HATCHES[subsets.index((data, modality, resolution)) % len(HATCHES)],
-                   edgecolor="white", label=f"{algo} {_subset(data, modality)} {resolution}")
+                   hatch=HATCHES[subsets.index((recipe, data, modality, resolution))
+                                 % len(HATCHES)], edgecolor="white",
+                   label=f"{algo} {recipe} {_subset(data, modality)} {resolution}")
         ax.set_xticks(np.arange(len(tasks)) + width * (len(curves) - 1) / 2,
                       [_short(t) for t in tasks], rotation=90)
         ax.axhline(0, color="black", lw=0.5)
