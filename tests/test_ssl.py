@@ -2,6 +2,7 @@
 optimisation steps, EMA, exports, FLOPs against torch's counter, per-size recipes."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -387,6 +388,7 @@ def test_dinov2_schedules_follow_the_recipe():
     {"centering": "centering"},
     {"ibot_separate_head": True, "ibot_n_prototypes": 64, "ibot_bottleneck_dim": 32},
     {"n_local_crops": 0},
+    {"ffn_layer": "swiglufused"},  # the study's ViT-H feed-forward, at smoke size
 ])
 def test_dinov2_variants_train(variant):
     method = make_dinov2(batch_size=1024, **variant)
@@ -476,7 +478,8 @@ def test_mae_recipe_sincos_schedules_and_groups():
 
 
 # ============================================================================ both
-@pytest.mark.parametrize("make", [make_dinov2, make_mae])
+@pytest.mark.parametrize("make", [make_dinov2, make_mae,
+                                  functools.partial(make_dinov2, ffn_layer="swiglufused")])
 def test_export_loads_strictly_into_spec(make, tmp_path):
     method = make()
     batch = dino_batch(method) if isinstance(method, DINOv2) else mae_batch(method)
@@ -589,9 +592,17 @@ def test_for_size_builds_official_architectures():
             method = DINOv2(DINOv2Config.for_size(size, "dinov2_p14"), 100)
             assert n_params(method.backbone_for_export()) == \
                 timm_count(f"vit_{size}_patch14_dinov2", img_size=224)
-        huge = DINOv2(DINOv2Config.for_size("huge", "dinov2_p14"), 100)
-        # ViT-H/14 plus DINOv2's layer scale (two gammas per block)
-        assert n_params(huge.backbone_for_export()) == \
+        # ViT-H/14 plus DINOv2's layer scale (two gammas per block), with its MLP swapped for
+        # SwiGLUFFNFused (vitg14.yaml's, and the study builder's for ViT-H): w12 and w3 of
+        # hidden width 3416 instead of fc1 and fc2 of 5120
+        swiglu = 1280 * 2 * 3416 + 2 * 3416 + 3416 * 1280 + 1280
+        mlp = 1280 * 5120 + 5120 + 5120 * 1280 + 1280
+        for recipe in ("study", "dinov2_p14"):
+            huge = DINOv2(DINOv2Config.for_size("huge", recipe), 100)
+            assert n_params(huge.backbone_for_export()) == \
+                timm_count("vit_huge_patch14_224") + 2 * 32 * 1280 + 32 * (swiglu - mlp)
+        with_mlp = DINOv2(DINOv2Config.for_size("huge", ffn_layer="mlp"), 100)
+        assert n_params(with_mlp.backbone_for_export()) == \
             timm_count("vit_huge_patch14_224") + 2 * 32 * 1280
         assert huge.cfg.ibot_separate_head and huge.cfg.n_prototypes == 131072
         assert huge.cfg.layer_decay == 1.0 and huge.cfg.drop_path_rate == 0.4

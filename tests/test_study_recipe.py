@@ -105,6 +105,8 @@ def test_study_recipe_is_the_default_config_at_the_studys_patch_and_drop_path():
         assert cfg.recipe == "study"
         assert (cfg.patch_size, cfg.local_crop_size, cfg.drop_path_rate) == (
             (14, 98, 0.4) if huge else (16, 96, 0.3)), size
+        # the study's builder: kwargs['ffn_layer'] = "swiglufused" for dino_vit_huge only
+        assert cfg.ffn_layer == ("swiglufused" if huge else "mlp"), size
         assert {k: getattr(cfg, k) for k in official} == official, size
     assert DINOv2Config() == DINOv2Config.for_size("large")  # the dataclass is the study's
     with torch.device("meta"):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from timm.models import get_pretrained_cfg_value, load_state_dict
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from biovfm_lib.models.factory import VitSpec
+from biovfm_lib.models.factory import VitSpec, mlp_ratio
 from biovfm_lib.models.pos_embed import (
     DINOV2_INTERPOLATION,
     DINOV2_REGISTER_INTERPOLATION,
@@ -375,7 +374,7 @@ def _vit_kwargs(state: Mapping[str, torch.Tensor], path: Path, img_size: int,
         "img_size": img_size, "patch_size": patch.shape[-1], "in_chans": patch.shape[1],
         "embed_dim": embed_dim, "num_heads": _num_heads(embed_dim, path, num_heads, recorded),
         "depth": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")),
-        "mlp_ratio": _mlp_ratio(state[fc1].shape[0], embed_dim),
+        "mlp_ratio": mlp_ratio(state[fc1].shape[0], embed_dim),
         "init_values": 1e-5 if "blocks.0.ls1.gamma" in state else None,  # any: weights replace it
         "num_classes": 0,
     }
@@ -412,12 +411,6 @@ def _num_heads(embed_dim: int, path: Path, num_heads: int = 0, recorded: str = "
                           f"64-wide heads would be num_heads={max(1, embed_dim // 64)}, which "
                           "may be wrong: set num_heads (ProbeParams num_heads) to the "
                           "architecture's head count")
-
-
-def _mlp_ratio(hidden: int, embed_dim: int) -> float:
-    # timm sizes the MLP as int(embed_dim * mlp_ratio); step up one ulp where that rounds down.
-    ratio = hidden / embed_dim
-    return ratio if int(embed_dim * ratio) == hidden else math.nextafter(ratio, math.inf)
 
 
 # ----------------------------------------------------------------------------- helpers

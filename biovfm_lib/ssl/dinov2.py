@@ -35,7 +35,7 @@ from lightly.models.utils import update_drop_path_rate, update_momentum
 from torch import Tensor, nn
 
 from biovfm_lib.data.ssl_transforms import DINOV2_CODE_BLUR_P, DINOV2_RECIPE_BLUR_P
-from biovfm_lib.models.factory import VitSpec, vit_spec
+from biovfm_lib.models.factory import FEED_FORWARDS, VitSpec, vit_spec
 from biovfm_lib.models.pos_embed import use_dinov2_pos_interpolation
 from biovfm_lib.ssl.masking import batch_seed, ibot_masks
 from biovfm_lib.ssl.schedules import cosine, steps
@@ -64,16 +64,18 @@ _RECIPE_BASE: dict[str, dict] = {
                    "clip_per_module": False, "blur_p": DINOV2_RECIPE_BLUR_P,
                    "pos_interpolation": "timm"},
 }
-# study: the study's builder sets patch 16 and uniform drop path 0.3 for T/S/B/L, patch 14 and
-# 0.4 for ViT-H, on the default config (ViT-H's local crops are 98 px: 96 is no multiple of
-# 14; dinov2's patch-14 configs use 98). dinov2_p14: S/B have no pretraining config of their
-# own (DINOv2 distils them), so they take the default recipe with drop path 0.1; L is
-# ssl_default_config; H/14 takes vitl14/vitg14.yaml, the recipe of DINOv2's own long runs at
-# patch 14 (500 epochs: warm-up 80, teacher-temperature warm-up 30, last layer frozen 1).
+# study: the study's builder sets patch 16 and uniform drop path 0.3 for T/S/B/L, patch 14,
+# 0.4 and the SwiGLU feed-forward (swiglufused) for ViT-H, on the default config (ViT-H's local
+# crops are 98 px: 96 is no multiple of 14; dinov2's patch-14 configs use 98). dinov2_p14:
+# S/B have no pretraining config of their own (DINOv2 distils them), so they take the default
+# recipe with drop path 0.1; L is ssl_default_config; H/14 takes vitl14/vitg14.yaml, the recipe
+# of DINOv2's own long runs at patch 14 (500 epochs: warm-up 80, teacher-temperature warm-up
+# 30, last layer frozen 1; swiglufused).
 _SIZE_RECIPES: dict[str, dict[str, dict]] = {
     "study": {"femto": _NANO, "pico": _NANO, "nano": _NANO, "tiny": {}, "small": {},
               "base": {}, "large": {},
-              "huge": {"patch_size": 14, "local_crop_size": 98, "drop_path_rate": 0.4}},
+              "huge": {"patch_size": 14, "local_crop_size": 98, "drop_path_rate": 0.4,
+                       "ffn_layer": "swiglufused"}},
     "dinov2_p14": {
         "femto": _NANO,
         "pico": _NANO,
@@ -82,7 +84,8 @@ _SIZE_RECIPES: dict[str, dict[str, dict]] = {
         "small": {"drop_path_rate": 0.1},
         "base": {"drop_path_rate": 0.1},
         "large": {"drop_path_rate": 0.3},
-        "huge": {"drop_path_rate": 0.4, "layer_decay": 1.0, "base_lr": 2e-4,
+        "huge": {"drop_path_rate": 0.4, "ffn_layer": "swiglufused", "layer_decay": 1.0,
+                 "base_lr": 2e-4,
                  "momentum_teacher": 0.994, "n_prototypes": 131072, "head_bottleneck_dim": 384,
                  "ibot_separate_head": True, "ibot_n_prototypes": 131072,
                  "warmup_frac": 80 / 500, "teacher_temp_warmup_frac": 30 / 500,
@@ -105,6 +108,7 @@ class DINOv2Config:
     local_crop_size: int = 96
     n_local_crops: int = 8
     layerscale: float = 1e-5
+    ffn_layer: str = "mlp"  # dinov2's student.ffn_layer: mlp or swiglufused (FEED_FORWARDS)
     drop_path_rate: float = 0.3  # the same in every block (drop_path_uniform)
     n_prototypes: int = 65536
     head_hidden_dim: int = 2048
@@ -180,6 +184,8 @@ class DINOv2Config:
                              f"{self.pos_interpolation!r}")
         if self.epoch_length < 0:
             raise ValueError(f"epoch_length must be >= 0, not {self.epoch_length}")
+        if self.ffn_layer not in FEED_FORWARDS:
+            raise ValueError(f"ffn_layer must be one of {FEED_FORWARDS}, not {self.ffn_layer!r}")
 
 
 @torch.no_grad()
@@ -279,7 +285,7 @@ class DINOv2(nn.Module):
         self.freeze_last_layer_steps = self._phase(cfg.freeze_last_layer_epochs,
                                                    cfg.freeze_last_layer_frac)
         self.spec: VitSpec = vit_spec(cfg.size, cfg.patch_size, cfg.global_crop_size,
-                                      init_values=cfg.layerscale)
+                                      cfg.ffn_layer, init_values=cfg.layerscale)
         self.student, self.teacher = self._build(), self._build()
         self.teacher.load_state_dict(self.student.state_dict())  # deepcopy fails on weight_norm
         self.teacher.requires_grad_(False)

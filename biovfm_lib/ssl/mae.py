@@ -208,7 +208,7 @@ class MAE(nn.Module):
         n_patches = vit.patch_embed.num_patches
         n_visible = int(n_patches * (1 - self.cfg.mask_ratio)) + vit.num_prefix_tokens
         n_all = n_patches + vit.num_prefix_tokens
-        decoder_mlp = self.decoder.blocks[0].mlp.fc1.out_features
+        decoder_mlp = linear_flops(self.decoder.blocks[0].mlp)
         forward = (vit_flops(vit, n_visible, n_patches)
                    + n_visible * linear_flops(self.decoder_embed)
                    + transformer_flops(self.cfg.decoder_dim, self.cfg.decoder_depth, decoder_mlp,

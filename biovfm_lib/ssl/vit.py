@@ -98,15 +98,17 @@ def param_groups(model: nn.Module, vit: nn.Module, layer_decay: float = 1.0,
     return list(groups.values())
 
 
-def transformer_flops(dim: int, depth: int, mlp_hidden: int, n_tokens: float) -> float:
+def transformer_flops(dim: int, depth: int, mlp_per_token: float, n_tokens: float) -> float:
     """Forward matmul FLOPs of ``depth`` pre-norm blocks on one sequence of ``n_tokens``.
 
-    Per block: qkv and output projections ``2 * 4 * dim**2`` and MLP ``2 * 2 * dim *
-    mlp_hidden`` per token (``24 * dim**2`` at MLP ratio 4), plus attention's two
-    (tokens x tokens x dim) products ``4 * n_tokens**2 * dim``. Norms, softmax, GELU and
-    residuals are left out, as in the ``6 * params * tokens`` rule this refines.
+    Per block: qkv and output projections ``2 * 4 * dim**2`` and the feed-forward's
+    ``mlp_per_token`` (:func:`linear_flops` of a block's ``mlp``: ``2 * 2 * dim * hidden`` for
+    an MLP, ``16 * dim**2`` at ratio 4; ``2 * 3 * dim * hidden`` for SwiGLU's three matrices)
+    per token, plus attention's two (tokens x tokens x dim) products ``4 * n_tokens**2 * dim``.
+    Norms, softmax, activations and residuals are left out, as in the ``6 * params * tokens``
+    rule this refines.
     """
-    return depth * (n_tokens * (8 * dim * dim + 4 * dim * mlp_hidden) + 4 * n_tokens ** 2 * dim)
+    return depth * (n_tokens * (8 * dim * dim + mlp_per_token) + 4 * n_tokens ** 2 * dim)
 
 
 def vit_flops(vit: nn.Module, n_tokens: float, n_patches: float) -> float:
@@ -114,9 +116,9 @@ def vit_flops(vit: nn.Module, n_tokens: float, n_patches: float) -> float:
     (which may differ: MAE embeds every patch, then encodes the visible ones)."""
     proj = vit.patch_embed.proj
     patch_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
-    mlp_hidden = vit.blocks[0].mlp.fc1.out_features
     return (2 * n_patches * patch_in * vit.embed_dim
-            + transformer_flops(vit.embed_dim, len(vit.blocks), mlp_hidden, n_tokens))
+            + transformer_flops(vit.embed_dim, len(vit.blocks), linear_flops(vit.blocks[0].mlp),
+                                n_tokens))
 
 
 def linear_flops(module: nn.Module) -> float:
